@@ -1,0 +1,358 @@
+"""Feature-level noise injection: periodic sign flips and AutoReLU.
+
+Hong & Jeong, "Dynamic Noise Injection for Facial Expression Recognition
+In-the-Wild", CVPR 2023 workshops (ABAW), section 3.
+
+Both methods inject the same noise, a sign flip of the feature map that leaves a
+BatchNorm layer, ``x -> -x``, so that the ReLU after it passes the half of the
+distribution it normally blocks. They differ in *when* the noise is on:
+
+* **periodic** (section 3.1, Algorithm 1): a schedule with interval ``T``
+  toggles a flag; while the flag is set, every :class:`SignFlip` negates its
+  input in training mode.
+* **dynamic** (section 3.2): the ReLU of the unit becomes an :class:`AutoReLU`,
+  ``y = CliffReLU(x * w) / |w|``. For ``w > 0`` this is a ReLU (with a far-away
+  cliff); for ``w < 0`` it is the ReLU of ``-x``: the sign-flip noise. Before every
+  training forward step all AutoReLU weights are reset to their common mean
+  (:func:`sync_autorelu`), so the whole network is either clean or noisy, and the
+  optimizer alone decides when the sign of that mean changes.
+
+Evaluation never sees noise: :class:`SignFlip` is the identity and
+:class:`AutoReLU` uses ``|w|`` outside training mode.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Literal, Optional
+
+import torch
+from torch import nn
+
+__all__ = [
+    "PeriodicSchedule",
+    "SignFlip",
+    "CliffReLU",
+    "AutoReLU",
+    "NoiseController",
+    "cliff_relu",
+    "auto_relu",
+    "sync_autorelu",
+    "autorelu_weight",
+    "set_sign_flip",
+]
+
+ScheduleUnit = Literal["epoch", "step"]
+SyncScope = Literal["global", "layer"]
+
+DEFAULT_CLIFF = 6.0
+DEFAULT_AUTORELU_INIT = 0.1
+AUTORELU_EPS = 1e-6
+
+
+# --------------------------------------------------------------------------- periodic
+
+
+class PeriodicSchedule:
+    """Algorithm 1 of the paper: when the periodic sign flip is on.
+
+    State: ``step = 0``, ``flag = False``, interval ``T``. Each :meth:`advance`
+    does ``step += 1``; the noise of that step is ``flag``; then, if
+    ``step % T == T - 1``, the flag toggles. With ``T = 3`` the first eleven
+    advances give off off on on on off off off on on on.
+
+    The paper advances once per epoch (``unit="epoch"``); ``unit="step"``
+    advances once per optimizer step instead.
+    """
+
+    def __init__(self, interval: int, unit: ScheduleUnit = "epoch") -> None:
+        if int(interval) < 1:
+            raise ValueError(f"periodic interval T must be a positive integer, got {interval!r}")
+        if unit not in ("epoch", "step"):
+            raise ValueError(f"schedule unit must be 'epoch' or 'step', got {unit!r}")
+        self.interval = int(interval)
+        self.unit: ScheduleUnit = unit
+        self.step = 0
+        self.flag = False
+
+    def advance(self) -> bool:
+        """Move one tick forward and return whether that tick injects noise."""
+        self.step += 1
+        noise = self.flag
+        if self.step % self.interval == self.interval - 1:
+            self.flag = not self.flag
+        return noise
+
+    def state_dict(self) -> dict:
+        return {"interval": self.interval, "unit": self.unit, "step": self.step, "flag": self.flag}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.interval = int(state["interval"])
+        self.unit = state["unit"]
+        self.step = int(state["step"])
+        self.flag = bool(state["flag"])
+
+    def __repr__(self) -> str:
+        return f"PeriodicSchedule(interval={self.interval}, unit={self.unit!r}, step={self.step}, flag={self.flag})"
+
+
+def sign_flip(x: torch.Tensor, active: bool, training: bool = True) -> torch.Tensor:
+    """The periodic noise: ``-x`` while active in training, else ``x``."""
+    return -x if (active and training) else x
+
+
+class SignFlip(nn.Module):
+    """Injection point of the periodic method, placed right after a BatchNorm.
+
+    ``active`` is set by :class:`NoiseController` (or :func:`set_sign_flip`);
+    the module has no parameters or buffers, so it does not change a model's
+    ``state_dict``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sign_flip(x, self.active, self.training)
+
+    def extra_repr(self) -> str:
+        return f"active={self.active}"
+
+
+def set_sign_flip(model: nn.Module, active: bool) -> None:
+    """Switch every :class:`SignFlip` in ``model`` on or off."""
+    for module in model.modules():
+        if isinstance(module, SignFlip):
+            module.active = bool(active)
+
+
+# --------------------------------------------------------------------------- dynamic
+
+
+def cliff_relu(x: torch.Tensor, constant: float = DEFAULT_CLIFF) -> torch.Tensor:
+    """Equation 1: ``x`` where ``0 < x < constant``, else ``0``.
+
+    Above the cliff the output drops to zero (unlike ReLU6, which saturates).
+    """
+    return x * ((x > 0) & (x < constant)).to(x.dtype)
+
+
+def _guard(w: torch.Tensor, eps: float) -> torch.Tensor:
+    # |w| < eps is replaced by eps with w's sign (w == 0 counts as positive), so
+    # the division never yields inf/NaN; the sign, which decides the noise, is kept.
+    signed_eps = torch.where(w < 0, torch.full_like(w, -eps), torch.full_like(w, eps))
+    return torch.where(w.abs() < eps, signed_eps, w)
+
+
+def auto_relu(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    constant: float = DEFAULT_CLIFF,
+    training: bool = True,
+    eps: float = AUTORELU_EPS,
+) -> torch.Tensor:
+    """Equation 2 with the text's ``|w|``: ``CliffReLU(x * w) / |w|``.
+
+    ``w`` broadcasts over ``x`` (a scalar or one value per channel of dimension 1).
+    In training mode a negative ``w`` gives ``ReLU(-x)`` up to the cliff at
+    ``constant / |w|``: the sign-flip noise. Outside training the noise is removed
+    by using ``|w|``: ``CliffReLU(x * |w|) / |w|``.
+    """
+    w = _guard(w, eps)
+    if w.dim() == 1 and x.dim() > 1:
+        w = w.view(1, -1, *([1] * (x.dim() - 2)))
+    scale = w.abs()
+    return cliff_relu(x * (w if training else scale), constant) / scale
+
+
+class CliffReLU(nn.Module):
+    """Module form of :func:`cliff_relu`."""
+
+    def __init__(self, constant: float = DEFAULT_CLIFF) -> None:
+        super().__init__()
+        self.constant = float(constant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cliff_relu(x, self.constant)
+
+    def extra_repr(self) -> str:
+        return f"constant={self.constant}"
+
+
+class AutoReLU(nn.Module):
+    """ReLU replacement of the dynamic method: ``y = CliffReLU(x * w) / |w|``.
+
+    Args:
+        num_channels: size of ``w`` when ``per_channel`` (one weight per channel,
+            dimension 1 of the input); ignored for a scalar ``w``.
+        init: initial value of every weight. The paper requires ``0 < init < 1``;
+            the default 0.1 lets Adam at the paper's learning rate (1e-4) bring the
+            mean to zero in about a thousand steps.
+        constant: the cliff of :func:`cliff_relu`. Default 6 (the ReLU6 bound): for
+            ``|w| <= 1`` the cliff sits at ``x >= 6 / |w|``, beyond six standard
+            deviations of a BatchNorm output, so in its clean phase AutoReLU acts
+            as the baseline's ReLU and only cuts rare outliers.
+        per_channel: one weight per channel (default) or a single scalar.
+
+    **What moves ``w``.** Where the cliff is not hit, ``y = x * sign(w)``: the
+    analytic gradient of the loss with respect to ``w`` is zero wherever it exists.
+    The optimizer's weight decay is what drives ``w``: Adam with (coupled)
+    weight decay adds ``wd * w`` to that zero gradient and normalises the step to
+    about ``lr`` per step towards zero, so ``w`` reaches zero after about
+    ``init / lr`` steps and crosses it. Autograd of the literal formula leaves a
+    float rounding residue in ``dL/dw`` (two terms of size ``sum(g x) / |w|`` that
+    cancel), which grows as ``w`` approaches zero; Adam normalises it too, so near
+    zero the common weight wanders across zero irregularly: the "dynamic" noise
+    of the paper (section 3.2, steps 1-3). Plain SGD, or AdamW's decoupled decay,
+    shrinks ``w`` geometrically instead and rarely makes it change sign.
+
+    **Division guard.** ``|w|`` below ``1e-6`` (``w == 0`` included) is replaced
+    by ``1e-6`` with ``w``'s sign (zero counts as positive), so no inf or NaN can
+    arise.
+    """
+
+    def __init__(
+        self,
+        num_channels: int = 1,
+        init: float = DEFAULT_AUTORELU_INIT,
+        constant: float = DEFAULT_CLIFF,
+        per_channel: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < init < 1.0:
+            raise ValueError(f"AutoReLU init must lie in (0, 1) (paper, section 3.2.1), got {init}")
+        if constant <= 0:
+            raise ValueError(f"AutoReLU cliff constant must be positive, got {constant}")
+        self.constant = float(constant)
+        self.per_channel = bool(per_channel)
+        self.weight = nn.Parameter(torch.full((num_channels if per_channel else 1,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight if self.per_channel else self.weight.reshape(())
+        return auto_relu(x, w, self.constant, self.training)
+
+    @property
+    def noise_on(self) -> bool:
+        """True when this unit's (mean) weight is negative, i.e. it flips signs in training."""
+        return bool(self.weight.detach().mean() < 0)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.weight.numel()}, constant={self.constant}, per_channel={self.per_channel}"
+
+
+def _autorelus(model: nn.Module) -> list[AutoReLU]:
+    return [m for m in model.modules() if isinstance(m, AutoReLU)]
+
+
+def _mean_weight(units: list[AutoReLU]) -> torch.Tensor:
+    return torch.cat([u.weight.detach().reshape(-1) for u in units]).mean()
+
+
+@torch.no_grad()
+def sync_autorelu(model_or_units: nn.Module | Iterable[AutoReLU], scope: SyncScope = "global") -> Optional[torch.Tensor]:
+    """Reset AutoReLU weights to their mean, without tracking gradients.
+
+    ``scope="global"`` (the paper): every weight of every AutoReLU becomes the mean
+    of all of them. ``scope="layer"``: each AutoReLU's weights become that layer's
+    mean. Returns the global mean (a 0-d tensor), or None when there is no AutoReLU.
+    """
+    units = _autorelus(model_or_units) if isinstance(model_or_units, nn.Module) else list(model_or_units)
+    if not units:
+        return None
+    mean = _mean_weight(units)
+    for unit in units:
+        unit.weight.fill_(mean if scope == "global" else unit.weight.mean())
+    return mean
+
+
+def autorelu_weight(model: nn.Module) -> Optional[float]:
+    """The mean AutoReLU weight of ``model`` (its common weight once synced), or None."""
+    units = _autorelus(model)
+    return float(_mean_weight(units)) if units else None
+
+
+# --------------------------------------------------------------------------- training hook
+
+
+class NoiseController:
+    """Drives a model's injection points from a training loop.
+
+    Call :meth:`start_epoch` at the start of every epoch and :meth:`start_step`
+    before every training forward pass::
+
+        noise = NoiseController(model, PeriodicSchedule(3))
+        for epoch in range(epochs):
+            noise.start_epoch()
+            for x, y in batches:
+                noise.start_step()
+                loss = criterion(model(x), y)
+                ...
+            print(noise.epoch_noise_fraction())
+
+    For periodic models it advances the schedule (per epoch or per step) and
+    switches the :class:`SignFlip` modules; for dynamic models it synchronises the
+    AutoReLU weights before each step. It counts, on the weights' device, how many
+    steps of the epoch had noise on, without forcing a device sync per step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        schedule: Optional[PeriodicSchedule] = None,
+        sync_scope: SyncScope = "global",
+    ) -> None:
+        self.flips = [m for m in model.modules() if isinstance(m, SignFlip)]
+        self.autorelus = _autorelus(model)
+        if self.flips and schedule is None:
+            raise ValueError("the model has periodic injection points (SignFlip) but no PeriodicSchedule was given")
+        self.schedule = schedule if self.flips else None
+        self.sync_scope: SyncScope = sync_scope
+        self._periodic_on = False
+        self._steps = 0
+        self._noisy_steps: torch.Tensor | int = 0
+
+    @property
+    def method(self) -> str:
+        if self.flips:
+            return "periodic"
+        return "dynamic" if self.autorelus else "none"
+
+    def _set_periodic(self, on: bool) -> None:
+        self._periodic_on = on
+        for flip in self.flips:
+            flip.active = on
+
+    def start_epoch(self) -> None:
+        self._steps, self._noisy_steps = 0, 0
+        if self.schedule is not None and self.schedule.unit == "epoch":
+            self._set_periodic(self.schedule.advance())
+
+    def start_step(self) -> None:
+        self._steps += 1
+        if self.schedule is not None:
+            if self.schedule.unit == "step":
+                self._set_periodic(self.schedule.advance())
+            self._noisy_steps += int(self._periodic_on)
+        elif self.autorelus:
+            mean = sync_autorelu(self.autorelus, self.sync_scope)
+            self._noisy_steps = self._noisy_steps + (mean < 0).to(torch.int64)
+
+    @property
+    def noise_on(self) -> bool:
+        """Whether the current (last started) step injects noise."""
+        if self.autorelus:
+            return bool(_mean_weight(self.autorelus) < 0)
+        return self._periodic_on
+
+    def epoch_noise_fraction(self) -> float:
+        """Fraction of this epoch's steps (so far) with noise on."""
+        if self._steps == 0:
+            return float(self._periodic_on)
+        return float(self._noisy_steps) / self._steps
+
+    def state_dict(self) -> dict:
+        return {"schedule": self.schedule.state_dict() if self.schedule else None, "periodic_on": self._periodic_on}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.schedule is not None and state.get("schedule"):
+            self.schedule.load_state_dict(state["schedule"])
+        self._set_periodic(bool(state.get("periodic_on", False)) and self.schedule is not None)

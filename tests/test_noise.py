@@ -1,0 +1,198 @@
+"""The maths and schedules of the noise modules (paper section 3)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from torch import nn
+
+from fernoise.models import build_model
+from fernoise.noise import (
+    AutoReLU,
+    NoiseController,
+    PeriodicSchedule,
+    SignFlip,
+    auto_relu,
+    autorelu_weight,
+    cliff_relu,
+    sync_autorelu,
+)
+
+OFF, ON = False, True
+PINNED = {
+    3: [OFF, OFF, ON, ON, ON, OFF, OFF, OFF, ON, ON, ON],
+    2: [OFF, ON, ON, OFF, OFF, ON, ON],
+    1: [OFF, ON, OFF, ON],
+}
+
+
+@pytest.mark.parametrize("interval", sorted(PINNED))
+def test_schedule_sequence_matches_algorithm_1(interval):
+    schedule = PeriodicSchedule(interval)
+    assert [schedule.advance() for _ in PINNED[interval]] == PINNED[interval]
+
+
+@pytest.mark.parametrize("unit", ["epoch", "step"])
+@pytest.mark.parametrize("interval", sorted(PINNED))
+def test_controller_switches_sign_flips_per_unit(unit, interval):
+    model = build_model("resnet18", 7, noise="periodic", stem="small", in_channels=1)
+    controller = NoiseController(model, PeriodicSchedule(interval, unit=unit))
+    flips = [m for m in model.modules() if isinstance(m, SignFlip)]
+    assert len(flips) == 8
+    seen = []
+    for _ in PINNED[interval]:
+        if unit == "epoch":
+            controller.start_epoch()
+            for _step in range(3):  # the flag holds for the whole epoch
+                controller.start_step()
+                assert all(f.active == flips[0].active for f in flips)
+            seen.append(flips[0].active)
+            assert controller.epoch_noise_fraction() == float(flips[0].active)
+        else:
+            controller.start_step()
+            seen.append(flips[0].active)
+    assert seen == PINNED[interval]
+
+
+def test_schedule_state_round_trip_continues_sequence():
+    reference = PeriodicSchedule(3)
+    full = [reference.advance() for _ in range(11)]
+    first = PeriodicSchedule(3)
+    head = [first.advance() for _ in range(5)]
+    resumed = PeriodicSchedule(1, unit="step")
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.interval == 3 and resumed.unit == "epoch"
+    assert head + [resumed.advance() for _ in range(6)] == full
+
+
+@pytest.mark.parametrize("bad", [0, -2])
+def test_schedule_rejects_bad_interval(bad):
+    with pytest.raises(ValueError, match="interval"):
+        PeriodicSchedule(bad)
+
+
+finite = st.floats(-20, 20, allow_nan=False, width=64)
+weights = st.floats(-1, 1, allow_nan=False, width=64).filter(lambda w: abs(w) > 1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=arrays(np.float64, 32, elements=finite), c=st.floats(0.5, 10))
+def test_cliff_relu_formula(x, c):
+    expected = np.where((x > 0) & (x < c), x, 0.0)
+    np.testing.assert_allclose(cliff_relu(torch.from_numpy(x), c).numpy(), expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=arrays(np.float64, 32, elements=finite), w=weights, c=st.floats(0.5, 10))
+def test_auto_relu_forward_and_gradient(x, w, c):
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    y = auto_relu(xt, wt, c, training=True)
+    z = x * w
+    inside = (z > 0) & (z < c)
+    np.testing.assert_allclose(y.detach().numpy(), np.where(inside, z, 0.0) / abs(w), rtol=1e-12, atol=1e-12)
+    upstream = torch.linspace(-1, 1, x.size, dtype=torch.float64)
+    y.backward(upstream)
+    # dy/dx = sign(w) inside the linear region; dy/dw = 0 analytically (y = x * sign(w) there).
+    np.testing.assert_allclose(xt.grad.numpy(), np.where(inside, np.sign(w), 0.0) * upstream.numpy(), atol=1e-12)
+    assert abs(wt.grad.item()) <= 1e-9 * (1 + np.abs(x).sum() / abs(w))
+
+
+@settings(max_examples=40, deadline=None)
+@given(x=arrays(np.float64, 16, elements=finite), w=weights)
+def test_auto_relu_eval_injects_nothing(x, w):
+    xt = torch.from_numpy(x)
+    eval_out = auto_relu(xt, torch.tensor(w), 6.0, training=False)
+    np.testing.assert_allclose(eval_out.numpy(), auto_relu(xt, torch.tensor(abs(w)), 6.0, training=True).numpy())
+    if w < 0:  # training with negative w is ReLU of the flipped feature
+        np.testing.assert_allclose(
+            auto_relu(xt, torch.tensor(w), 6.0, training=True).numpy(), np.where((-x > 0) & (-x * abs(w) < 6), -x, 0)
+        )
+
+
+@pytest.mark.parametrize("w", [0.0, -0.0, 1e-30, -1e-30, -1e-8])
+def test_auto_relu_guard_keeps_output_finite_and_sign(w):
+    x = torch.linspace(-5, 5, 101)
+    y = auto_relu(x, torch.tensor(w), 6.0, training=True)
+    assert torch.isfinite(y).all()
+    flipped = w < 0
+    active = (x < 0) if flipped else (x > 0)
+    assert torch.equal(y != 0, active)
+    w_param = torch.tensor(w, requires_grad=True)
+    auto_relu(x, w_param).sum().backward()
+    assert torch.isfinite(w_param.grad).all()
+
+
+def test_autorelu_module_per_channel_and_scalar():
+    x = torch.randn(4, 3, 5, 5)
+    per_channel = AutoReLU(3, init=0.5)
+    per_channel.weight.data = torch.tensor([0.5, -0.5, 0.25])
+    y = per_channel(x)
+    assert torch.allclose(y[:, 0], torch.relu(x[:, 0]))
+    assert torch.allclose(y[:, 1], torch.relu(-x[:, 1]))
+    scalar = AutoReLU(3, per_channel=False)
+    assert scalar.weight.shape == (1,)
+    assert torch.allclose(scalar(x), torch.relu(x))
+    with pytest.raises(ValueError, match="init"):
+        AutoReLU(3, init=1.5)
+
+
+def test_sync_autorelu_global_and_layer_means():
+    units = [AutoReLU(2), AutoReLU(4)]
+    units[0].weight.data = torch.tensor([0.1, 0.3])
+    units[1].weight.data = torch.tensor([-0.4, 0.0, 0.2, 0.2])
+    model = nn.Sequential(*units)
+    mean = sync_autorelu(model, scope="global")
+    assert mean.item() == pytest.approx(0.4 / 6)
+    for unit in units:
+        assert torch.allclose(unit.weight, torch.full_like(unit.weight, 0.4 / 6))
+    units[0].weight.data = torch.tensor([0.1, 0.3])
+    units[1].weight.data = torch.tensor([-0.4, 0.0, 0.2, 0.2])
+    sync_autorelu(model, scope="layer")
+    assert torch.allclose(units[0].weight, torch.full((2,), 0.2))
+    assert torch.allclose(units[1].weight, torch.zeros(4))
+    assert units[1].weight.requires_grad  # still a trainable parameter after the in-place reset
+
+
+def test_controller_noise_on_follows_sign_of_common_weight():
+    model = build_model("resnet18", 7, noise="dynamic", stem="small", in_channels=1)
+    controller = NoiseController(model)
+    assert controller.method == "dynamic"
+    units = [m for m in model.modules() if isinstance(m, AutoReLU)]
+    units[0].weight.data.fill_(-10.0)  # drags the global mean below zero
+    controller.start_epoch()
+    controller.start_step()
+    assert controller.noise_on and autorelu_weight(model) < 0
+    assert all(torch.allclose(u.weight, units[0].weight[:1].expand_as(u.weight)) for u in units)
+    for unit in units:
+        unit.weight.data.fill_(0.2)
+    controller.start_step()
+    assert not controller.noise_on
+    assert controller.epoch_noise_fraction() == pytest.approx(0.5)
+
+
+def test_controller_requires_schedule_for_periodic_models():
+    model = build_model("resnet18", 7, noise="periodic")
+    with pytest.raises(ValueError, match="PeriodicSchedule"):
+        NoiseController(model)
+
+
+def test_adam_weight_decay_drives_autorelu_weight_across_zero():
+    torch.manual_seed(0)
+    model = build_model("resnet18", 7, noise="dynamic", stem="small", in_channels=1, autorelu_init=0.004)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    controller = NoiseController(model)
+    x, y = torch.randn(8, 1, 12, 12), torch.randint(0, 7, (8,))
+    signs = []
+    controller.start_epoch()
+    for _ in range(12):
+        controller.start_step()
+        signs.append(controller.noise_on)
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert signs[0] is False and True in signs, f"w never became negative: {autorelu_weight(model)}"
