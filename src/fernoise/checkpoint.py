@@ -1,0 +1,77 @@
+"""Checkpoint format: everything needed to rebuild, use and resume a model.
+
+A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts,
+written with :func:`torch.save` through :func:`fernoise.io.atomic_write` and read
+back with ``torch.load(weights_only=True)``, which refuses any pickled Python
+object, so loading a checkpoint never runs code.
+
+Keys: ``format``/``version``; ``model`` (the keyword arguments of
+:func:`fernoise.models.build_model`); ``classes`` (canonical names in output
+order); ``input`` (``size``, ``channels``, ``mean``, ``std``); ``state_dict``;
+and, for resuming, ``optimizer``, ``scheduler``, ``noise`` (the schedule state),
+``rng``, ``epoch``, ``config``, ``best``.
+"""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fernoise.io import PathLike, atomic_write
+from fernoise.models import build_model
+
+FORMAT = "fernoise-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, unsafe or not from fernoise; the message says which."""
+
+
+def save_checkpoint(path: PathLike, checkpoint: dict[str, Any]) -> None:
+    """Write ``checkpoint`` atomically; the previous file survives any failure."""
+    payload = {"format": FORMAT, "version": VERSION, **checkpoint}
+    with atomic_write(path, "wb") as handle:
+        torch.save(payload, handle)
+
+
+def load_checkpoint(path: PathLike) -> dict[str, Any]:
+    """Read a fernoise checkpoint safely (``weights_only=True``) onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to load: it holds Python objects other than tensors and plain data, "
+            f"which could run code when unpickled ({str(exc).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a fernoise checkpoint (no '{FORMAT}' marker; from another program?)")
+    if checkpoint.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {checkpoint['version']} is newer than this fernoise reads ({VERSION})")
+    missing = [key for key in ("model", "classes", "input", "state_dict") if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], source: PathLike = "checkpoint") -> nn.Module:
+    """Rebuild the network a checkpoint describes and load its weights (strictly)."""
+    try:
+        model = build_model(**checkpoint["model"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: cannot rebuild the model {checkpoint['model']}: {exc}") from None
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()
+        raise CheckpointError(f"{source}: weights do not fit the model it describes: {' '.join(first[:3])}") from None
+    return model.eval()

@@ -1,0 +1,227 @@
+"""The ``fernoise`` command: prepare, train, evaluate, reproduce, predict, export."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from fernoise import __version__
+from fernoise.config import METHODS, PAPER_METHODS, TrainConfig
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the same clean stop as Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise _Terminated()
+
+
+def _train_options(parser: argparse.ArgumentParser) -> None:
+    """Flags that override TrainConfig fields; None means 'not given'."""
+    d = TrainConfig()
+    g = parser.add_argument_group("training options (override --config)")
+    g.add_argument("--config", help="YAML config file, or a preset name: paper, fer2013-paper, quick")
+    g.add_argument("--epochs", type=int, help=f"number of epochs (default {d.epochs})")
+    g.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
+    g.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g})")
+    g.add_argument("--weight-decay", type=float, help=f"weight decay (default {d.weight_decay:g})")
+    g.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], help=f"optimizer (default {d.optimizer})")
+    g.add_argument("--scheduler", choices=["none", "cosine"], help="learning-rate schedule (default none)")
+    g.add_argument("--interval", type=int, help=f"periodic interval T (default {d.interval})")
+    g.add_argument("--interval-unit", choices=["epoch", "step"], help="what T counts (default epoch, as in the paper)")
+    g.add_argument("--position", choices=["bn1", "bn2", "sum", "all"], help="injection point in each block (default bn1)")
+    g.add_argument("--dropout", type=float, help=f"dropout probability of the dropout methods (default {d.dropout})")
+    g.add_argument("--model", help="resnet18 (default), resnet34, torchvision:<name> or timm:<name>")
+    g.add_argument("--stem", choices=["imagenet", "small"], help="ResNet stem: imagenet 7x7/2 + max-pool (default) or small 3x3/1")
+    g.add_argument("--image-size", type=int, help=f"face size in pixels (default {d.image_size})")
+    g.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: from the data)")
+    g.add_argument("--augment", choices=["none", "paper", "fer"], help="augmentation preset (default paper: flip only)")
+    g.add_argument("--train-limit", type=int, help="train on a fixed random subset of this many images")
+    g.add_argument("--val-limit", type=int, help="validate on a fixed random subset of this many images")
+    g.add_argument("--label-smoothing", type=float, help="label smoothing (default 0)")
+    g.add_argument("--balanced-sampler", action="store_true", default=None, help="draw class-balanced batches")
+    g.add_argument("--class-weighted-loss", action="store_true", default=None, help="inverse-frequency class weights")
+    g.add_argument("--format", dest="data_format", help="data layout, when detection is not wanted")
+    g.add_argument("--cache-dir", help="where prepared caches live (default $FERNOISE_CACHE or ~/.cache/fernoise)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default auto)")
+
+
+_OVERRIDES = [
+    "epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler", "interval", "interval_unit", "position",
+    "dropout", "model", "stem", "image_size", "channels", "augment", "train_limit", "val_limit", "label_smoothing",
+    "balanced_sampler", "class_weighted_loss", "data_format", "cache_dir", "device",
+]
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {key: getattr(args, key) for key in _OVERRIDES}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fernoise",
+        description="Facial expression recognition with periodic and dynamic noise injection (Hong & Jeong, CVPRW 2023).",
+    )
+    parser.add_argument("--version", action="version", version=f"fernoise {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="read a data set once into a packed cache", description="Decode a data set where it lies into a packed uint8 cache that training streams.")
+    p.add_argument("data", help="data set path (folder tree, CSV, archive) or 'synthetic'")
+    p.add_argument("--size", type=int, default=48, help="face size in pixels (default 48)")
+    p.add_argument("--out", required=True, help="cache directory to write")
+    p.add_argument("--format", help="layout: affectnet, affectnet2021, fer2013-csv, folders (default: detected)")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="1 (grey) or 3 (colour); default: from the images")
+    p.add_argument("--margin", type=float, default=0.0, help="AffectNet: extra margin around the face box, as a fraction")
+    p.add_argument("--affectnet-classes", type=int, choices=[7, 8], default=7, help="7 (paper) or 8 (with contempt)")
+    p.add_argument("--class-map", help="numbered class folders: a named map such as rafdb")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="stratified val share when the data has no val split")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (reported) instead of stopping")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    t = sub.add_parser("train", help="train one method", description="Train ResNet-18 (or another CNN) with one method on one data set.")
+    t.add_argument("--data", help="data set path or 'synthetic' (default: the built-in synthetic faces)")
+    t.add_argument("--method", choices=list(METHODS), help="baseline (default), dropout, periodic, dynamic, dropout+periodic, dropout+dynamic")
+    t.add_argument("--out", help="run directory (default runs/<method>-seed<seed>)")
+    t.add_argument("--seed", type=int, help="random seed (default 0)")
+    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR where it stopped")
+    t.add_argument("--quiet", action="store_true", help="no progress bars (for logs)")
+    _train_options(t)
+
+    e = sub.add_parser("evaluate", help="score a checkpoint on a data set", description="Macro-F1, accuracy, per-class scores and confusion matrix of a checkpoint.")
+    e.add_argument("checkpoint", help="a fernoise checkpoint (.pt)")
+    e.add_argument("--data", default="synthetic", help="data set path or 'synthetic' (default)")
+    e.add_argument("--split", default="val", choices=["train", "val", "test"], help="split to score (default val)")
+    e.add_argument("--json", help="write all scores to this JSON file")
+    e.add_argument("--confusion", help="write the confusion matrix PNG here (default: beside --json, if given)")
+    e.add_argument("--format", dest="data_format", help="data layout, when detection is not wanted")
+    e.add_argument("--cache-dir", help="where prepared caches live")
+    e.add_argument("--tta-flip", action="store_true", help="average predictions with the mirrored face")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--quiet", action="store_true")
+
+    r = sub.add_parser(
+        "reproduce", help="the paper's comparison, all methods x seeds, with Table 1 and figures",
+        description="Run baseline, +dropout, +periodic, +dynamic and dropout+periodic for several seeds and write "
+        "table1.md/csv, the paper's figures and report.md. With no arguments: a quick run on the synthetic faces.",
+    )
+    r.add_argument("--data", default="synthetic", help="data set path or 'synthetic' (default)")
+    r.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(PAPER_METHODS), help="methods to run")
+    r.add_argument("--seeds", type=int, help="number of seeds (default 2 in quick mode, else 3)")
+    r.add_argument("--out", help="output directory (default runs/reproduce-<data name>)")
+    r.add_argument("--quiet", action="store_true")
+    _train_options(r)
+
+    from fernoise.predict import add_predict_commands
+
+    add_predict_commands(sub)
+    return parser
+
+
+def _data_name(data: Optional[str]) -> str:
+    if not data or data == "synthetic":
+        return "synthetic"
+    return Path(data.rstrip("/")).name.split(".")[0] or "data"
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from fernoise.data import prepare
+
+    prepare(
+        args.data, size=args.size, out=args.out, format=args.format, channels=args.channels, margin=args.margin,
+        affectnet_classes=args.affectnet_classes, class_map=args.class_map, val_fraction=args.val_fraction,
+        skip_bad=args.skip_bad, progress=not args.quiet,
+    )
+    print(f"cache written to {args.out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fernoise.config import resolve_config
+    from fernoise.config import preset_path
+    from fernoise.train import train
+
+    if args.resume:
+        out = Path(args.resume)
+        if not (out / "config.yaml").is_file():
+            raise FileNotFoundError(f"{out}: no config.yaml, so there is no run to resume")
+        allowed = {"epochs": args.epochs, "device": args.device}
+        cfg = resolve_config(out / "config.yaml", **allowed)
+    else:
+        config_file = preset_path(args.config) if args.config else None
+        cfg = resolve_config(config_file, data=args.data, method=args.method, seed=args.seed, **_overrides(args))
+        out = Path(args.out or f"runs/{cfg.method}-seed{cfg.seed}")
+    summary = train(cfg, out, resume=bool(args.resume), quiet=args.quiet)
+    line = f"best val F1 {summary['best_val_f1']:.4f} at epoch {summary['best_epoch']}"
+    if "test_f1" in summary:
+        line += f"; test F1 {summary['test_f1']:.4f}, accuracy {summary['test_acc']:.4f}"
+    print(f"{line}\nrun written to {out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from fernoise.evaluate import evaluate_checkpoint, format_scores, write_evaluation
+
+    scores = evaluate_checkpoint(
+        args.checkpoint, args.data, split=args.split, data_format=args.data_format, cache_dir=args.cache_dir,
+        device=args.device, tta_flip=args.tta_flip, progress=not args.quiet,
+    )
+    print(format_scores(scores))
+    confusion = args.confusion or (str(Path(args.json).with_suffix(".confusion.png")) if args.json else None)
+    write_evaluation(scores, args.json, confusion)
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from fernoise.config import preset_path, reproduce
+
+    quick = args.data == "synthetic" and not args.config
+    config_file = preset_path(args.config or ("quick" if quick else "paper"))
+    seeds = args.seeds or (2 if quick else 3)
+    out = Path(args.out or f"runs/reproduce-{_data_name(args.data)}")
+    report = reproduce(
+        out, data=args.data, methods=args.methods, seeds=seeds, config_file=config_file,
+        overrides=_overrides(args), quiet=args.quiet,
+    )
+    print(f"report written to {report}")
+    return 0
+
+
+COMMANDS = {"prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate, "reproduce": _cmd_reproduce}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("train", "reproduce"):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    from fernoise.errors import USER_ERRORS
+
+    try:
+        handler = COMMANDS.get(args.command) or args.handler
+        return handler(args)
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        hint = ""
+        if args.command == "train":
+            run = args.resume or args.out or "the run directory"
+            hint = f"; checkpoints/last.pt holds the last finished epoch: resume with `fernoise train --resume {run}`"
+        elif args.command == "reproduce":
+            hint = "; run the same command again to resume"
+        print(f"fernoise: {what}{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as exc:
+        print(f"fernoise: error: {exc}", file=sys.stderr)
+        if os.environ.get("FERNOISE_DEBUG"):
+            raise
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

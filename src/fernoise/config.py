@@ -1,0 +1,214 @@
+"""Training configuration: defaults, YAML files and command-line overrides.
+
+Precedence: :class:`TrainConfig` defaults < ``--config FILE.yaml`` < command-line
+flags. The resolved configuration is saved as ``config.yaml`` in the run
+directory. Errors in a YAML file name the file and line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from fernoise.io import PathLike
+
+# method -> (noise kind, uses dropout); the paper's variants and the obvious sixth.
+METHODS: dict[str, tuple[str, bool]] = {
+    "baseline": ("none", False),
+    "dropout": ("none", True),
+    "periodic": ("periodic", False),
+    "dynamic": ("dynamic", False),
+    "dropout+periodic": ("periodic", True),
+    "dropout+dynamic": ("dynamic", True),
+}
+PAPER_METHODS = ("baseline", "dropout", "periodic", "dynamic", "dropout+periodic")
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def preset_path(name_or_path: PathLike) -> Path:
+    """A config file path, or the name of a preset shipped with fernoise (``paper``, ``quick``, ...)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    preset = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"no config file {path} and no preset of that name (presets: {names})")
+    return preset
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the key (and file and line)."""
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "synthetic"
+    data_format: Optional[str] = None
+    image_size: int = 48
+    channels: Optional[int] = None
+    cache_dir: Optional[str] = None
+    val_fraction: float = 0.1
+    train_limit: Optional[int] = None
+    val_limit: Optional[int] = None
+    augment: str = "paper"
+    balanced_sampler: bool = False
+    class_weighted_loss: bool = False
+    label_smoothing: float = 0.0
+    # model and noise
+    method: str = "baseline"
+    model: str = "resnet18"
+    stem: str = "imagenet"
+    position: str = "bn1"
+    interval: int = 3
+    interval_unit: str = "epoch"
+    dropout: float = 0.5
+    autorelu_init: float = 0.1
+    autorelu_constant: float = 6.0
+    autorelu_sync: str = "global"
+    # optimisation (the paper: Adam, lr 1e-4, weight decay 1e-4, batch 64)
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    scheduler: str = "none"
+    nonfinite: str = "stop"
+    # run
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 256
+    tta_flip: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        choices = {
+            "method": tuple(METHODS),
+            "stem": ("imagenet", "small"),
+            "position": ("bn1", "bn2", "sum", "all"),
+            "interval_unit": ("epoch", "step"),
+            "autorelu_sync": ("global", "layer"),
+            "optimizer": ("adam", "adamw", "sgd"),
+            "scheduler": ("none", "cosine"),
+            "nonfinite": ("stop", "skip"),
+            "device": ("auto", "cpu", "cuda"),
+            "augment": ("none", "paper", "fer"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        positive = ("image_size", "interval", "epochs", "batch_size", "eval_batch_size")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be a positive integer, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be positive, got {self.lr}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout: must lie in [0, 1), got {self.dropout}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction: must lie in (0, 1), got {self.val_fraction}")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"channels: must be 1 or 3 (or unset for automatic), got {self.channels}")
+        if self.noise == "dynamic" and self.position == "bn2":
+            raise ConfigError("position: dynamic injection replaces a ReLU and none follows bn2; use bn1, sum or all")
+
+    @property
+    def noise(self) -> str:
+        return METHODS[self.method][0]
+
+    @property
+    def dropout_p(self) -> float:
+        return self.dropout if METHODS[self.method][1] else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    hint = _HINTS[key]
+    optional = type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: a value is required")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)  # YAML reads 1e-4 as a string
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if base is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def load_config_file(path: PathLike) -> dict[str, Any]:
+    """Read a YAML config into checked values; errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or root is None:
+        raise ConfigError(f"{path}:1: a config file must be a mapping of keys to values")
+    lines = {key.value: key.start_mark.line + 1 for key, _ in root.value}
+    values = {}
+    for key, value in data.items():
+        if key not in _FIELDS:
+            raise ConfigError(f"{path}:{lines.get(key, '?')}: unknown key {key!r}; known keys: {', '.join(_FIELDS)}")
+        try:
+            values[key] = _coerce(key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}:{lines.get(key, '?')}: {exc}") from None
+    return values
+
+
+def resolve_config(config_file: Optional[PathLike] = None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the YAML file, then every override that is not None."""
+    values = load_config_file(config_file) if config_file else {}
+    for key, value in overrides.items():
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown option {key!r}")
+        if value is not None:
+            values[key] = _coerce(key, value)
+    try:
+        return TrainConfig(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{config_file}: {exc}" if config_file else str(exc)) from None

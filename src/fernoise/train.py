@@ -1,0 +1,369 @@
+"""The training loop: one run of one method on one data set.
+
+``train(config, out_dir)`` reads the data, builds the model with its noise,
+trains for ``config.epochs`` epochs and leaves in ``out_dir``: ``config.yaml``,
+``metrics.csv`` (a row per epoch), TensorBoard events, ``checkpoints/last.pt``
+and ``checkpoints/best.pt`` (best validation macro-F1) and ``summary.json``.
+Checkpoints are written at the end of every epoch; ``resume=True`` continues
+from ``last.pt`` and, on the CPU, reproduces the uninterrupted run exactly.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from fernoise.config import TrainConfig
+from fernoise.data import Augmenter, PackedData, class_weights, iterate_batches, load_data
+from fernoise.evaluate import evaluate_arrays
+from fernoise.io import PathLike, RunLock, write_text_atomic
+from fernoise.metrics import RunningF1
+from fernoise.models import build_model
+from fernoise.noise import NoiseController, PeriodicSchedule, autorelu_weight
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_f1", "val_loss", "val_f1", "val_acc", "noise_on", "lr", "seconds"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged, bad resume); the message says where and what to do."""
+
+
+@dataclass
+class _Data:
+    packed: PackedData
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for but no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _subset(images: np.ndarray, labels: np.ndarray, limit: Optional[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random subset (for quick runs); the data seed, not the training seed, picks it."""
+    if limit is None or limit >= len(labels):
+        return images, labels
+    keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:limit])
+    return images[keep], labels[keep]
+
+
+def prepare_data(cfg: TrainConfig, progress: bool = True) -> _Data:
+    packed = load_data(
+        cfg.data,
+        size=cfg.image_size,
+        channels=cfg.channels,
+        cache_dir=cfg.cache_dir,
+        format=cfg.data_format,
+        val_fraction=cfg.val_fraction,
+        progress=progress,
+    )
+    train, val = packed.splits["train"], packed.splits["val"]
+    train_images, train_labels = _subset(train.images, train.labels, cfg.train_limit, seed=1)
+    val_images, val_labels = _subset(val.images, val.labels, cfg.val_limit, seed=2)
+    return _Data(packed, train_images, train_labels, val_images, val_labels)
+
+
+def model_kwargs(cfg: TrainConfig, packed: PackedData) -> dict[str, Any]:
+    """The build_model arguments a checkpoint stores, so it rebuilds without the config."""
+    return {
+        "name": cfg.model,
+        "num_classes": len(packed.classes),
+        "noise": cfg.noise,
+        "position": cfg.position,
+        "dropout": cfg.dropout_p,
+        "in_channels": packed.channels,
+        "stem": cfg.stem,
+        "autorelu_init": cfg.autorelu_init,
+        "autorelu_constant": cfg.autorelu_constant,
+    }
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Coupled (L2) weight decay as in the paper; it is also what moves AutoReLU's w.
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return None
+
+
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    state = {"loader": generator.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
+    generator.set_state(state["loader"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+class _Progress:
+    """tqdm bar per epoch (loss, running F1, images/s), or nothing when quiet."""
+
+    def __init__(self, quiet: bool, total: int, epoch: int, epochs: int) -> None:
+        self.bar = None
+        if not quiet:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
+
+    def update(self, loss: float, f1: float, images_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", f1=f"{f1:.3f}", img_s=f"{images_per_s:.0f}", refresh=False)
+            self.bar.update()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: PathLike,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train one run; return its summary (also written to ``summary.json``)."""
+    out = Path(out_dir)
+    with RunLock(out):
+        return _train_locked(cfg, out, resume=resume, quiet=quiet, log=log)
+
+
+def _train_locked(cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    ckpt_dir = out / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    if not resume and (last_path.exists() or (out / "metrics.csv").exists()):
+        raise TrainingError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = prepare_data(cfg, progress=not quiet)
+    packed = data.packed
+    if len(data.train_labels) == 0 or len(data.val_labels) == 0:
+        raise TrainingError(f"{cfg.data}: the train and val splits must both hold images")
+    num_classes = len(packed.classes)
+
+    model = build_model(**model_kwargs(cfg, packed)).to(device)
+    optimizer = _optimizer(cfg, model)
+    scheduler = _scheduler(cfg, optimizer)
+    schedule = PeriodicSchedule(cfg.interval, cfg.interval_unit) if cfg.noise == "periodic" else None
+    controller = NoiseController(model, schedule, sync_scope=cfg.autorelu_sync)
+    augment = Augmenter(cfg.augment, packed.size, packed.channels, packed.mean, packed.std).to(device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    weights = class_weights(data.train_labels, num_classes).to(device) if cfg.class_weighted_loss else None
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+
+    rows: list[dict[str, Any]] = []
+    start_epoch, best = 1, {"val_f1": -1.0, "epoch": 0}
+    if resume:
+        start_epoch, best, rows = _resume(last_path, out, cfg, model, optimizer, scheduler, controller, generator, device)
+        log(f"resuming {out} after epoch {start_epoch - 1}")
+    write_text_atomic(out / "config.yaml", cfg.to_yaml())
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out), purge_step=start_epoch)
+    checkpoint_base = {
+        "model": model_kwargs(cfg, packed),
+        "classes": list(packed.classes),
+        "input": {"size": packed.size, "channels": packed.channels, "mean": list(packed.mean), "std": list(packed.std)},
+        "data": {"source": str(cfg.data), "fingerprint": packed.meta.get("fingerprint")},
+        "config": cfg.to_dict(),
+    }
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            row = _train_epoch(cfg, epoch, model, optimizer, controller, augment, criterion, data, generator, device, quiet)
+            val = evaluate_arrays(
+                model, data.val_images, data.val_labels, num_classes, augment, device, cfg.eval_batch_size, cfg.tta_flip
+            )
+            row.update(val_loss=val["loss"], val_f1=val["macro_f1"], val_acc=val["accuracy"])
+            row["lr"] = optimizer.param_groups[0]["lr"]
+            if scheduler is not None:
+                scheduler.step()
+            if controller.autorelus:
+                row["autorelu_w"] = autorelu_weight(model)
+            rows.append({k: _fmt(v) for k, v in row.items()})
+            for key, value in row.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, epoch)
+            writer.flush()
+
+            if not all(torch.isfinite(p).all() for p in model.parameters()):
+                raise TrainingError(
+                    f"non-finite weights after epoch {epoch}; checkpoints keep the state after epoch {epoch - 1}. "
+                    f"Lower the learning rate"
+                )
+            is_best = val["macro_f1"] > best["val_f1"]
+            if is_best:
+                best = {"val_f1": val["macro_f1"], "epoch": epoch}
+            state = {
+                **checkpoint_base,
+                "state_dict": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler else None,
+                "noise": controller.state_dict(),
+                "rng": _rng_state(generator, device),
+                "epoch": epoch,
+                "best": best,
+                "metrics": rows,
+            }
+            save_checkpoint(last_path, state)
+            if is_best:
+                save_checkpoint(best_path, state)
+            _write_metrics(out / "metrics.csv", rows)
+            noise = f" noise {row['noise_on']:.2f}" if controller.method != "none" else ""
+            log(
+                f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
+                f"val F1 {val['macro_f1']:.4f}  acc {val['accuracy']:.4f}{noise}  {row['seconds']:.1f}s"
+            )
+    finally:
+        writer.close()
+
+    summary = _summarise(cfg, rows, best, best_path, packed, augment, device)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _train_epoch(cfg, epoch, model, optimizer, controller, augment, criterion, data, generator, device, quiet) -> dict:
+    model.train()
+    controller.start_epoch()
+    batches = iterate_batches(
+        data.train_images, data.train_labels, cfg.batch_size,
+        shuffle=True, generator=generator, balanced=cfg.balanced_sampler, device=device,
+    )
+    total = math.ceil(len(data.train_labels) / cfg.batch_size)
+    progress = _Progress(quiet, total, epoch, cfg.epochs)
+    running = RunningF1(len(data.packed.classes))
+    loss_sum, seen, skipped = 0.0, 0, 0
+    start = time.perf_counter()
+    try:
+        for step, (images, labels) in enumerate(batches, start=1):
+            controller.start_step()
+            inputs = augment(images, generator=generator, train=True)
+            logits = model(inputs)
+            loss = criterion(logits, labels)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                if cfg.nonfinite == "skip":
+                    skipped += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                raise TrainingError(
+                    f"non-finite training loss ({loss_value}) at epoch {epoch}, step {step}; "
+                    f"checkpoints/last.pt keeps the state after epoch {epoch - 1}. "
+                    f"Lower the learning rate, or set nonfinite: skip to skip such steps"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss_value * len(labels)
+            seen += len(labels)
+            running.update(logits.detach().argmax(1), labels)
+            progress.update(loss_sum / seen, running.compute(), seen / (time.perf_counter() - start))
+    finally:
+        progress.close()
+    if seen == 0:
+        raise TrainingError(f"every training step of epoch {epoch} had a non-finite loss; nothing was learned")
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "train_loss": loss_sum / seen,
+        "train_f1": running.compute(),
+        "noise_on": controller.epoch_noise_fraction(),
+        "seconds": time.perf_counter() - start,
+    }
+    if cfg.nonfinite == "skip":
+        row["skipped_steps"] = skipped
+    return row
+
+
+def _resume(last_path, out, cfg, model, optimizer, scheduler, controller, generator, device):
+    if not last_path.is_file():
+        raise TrainingError(f"cannot resume {out}: no checkpoints/last.pt (the run never finished an epoch)")
+    try:
+        state = load_checkpoint(last_path)
+    except CheckpointError as exc:
+        raise TrainingError(f"cannot resume: {exc}") from None
+    saved = {k: v for k, v in state["config"].items() if k not in ("epochs", "device")}
+    now = {k: v for k, v in cfg.to_dict().items() if k in saved}
+    changed = sorted(k for k in saved if saved[k] != now[k])
+    if changed:
+        diffs = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+        raise TrainingError(f"cannot resume {out} with a different configuration ({diffs})")
+    model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler"):
+        scheduler.load_state_dict(state["scheduler"])
+    controller.load_state_dict(state["noise"])
+    _set_rng_state(state["rng"], generator, device)
+    return state["epoch"] + 1, state["best"], list(state["metrics"])
+
+
+def _summarise(cfg, rows, best, best_path, packed, augment, device) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "epochs": len(rows),
+        "best_val_f1": best["val_f1"],
+        "best_epoch": best["epoch"],
+        "final_val_f1": float(rows[-1]["val_f1"]),
+        "final_val_acc": float(rows[-1]["val_acc"]),
+        "final_train_loss": float(rows[-1]["train_loss"]),
+        "seconds": sum(float(r["seconds"]) for r in rows),
+        "classes": list(packed.classes),
+    }
+    test = packed.splits.get("test")
+    if test is not None and len(test.labels) and best_path.is_file():
+        model = model_from_checkpoint(load_checkpoint(best_path), best_path).to(device)
+        scores = evaluate_arrays(
+            model, test.images, test.labels, len(packed.classes), augment, device, cfg.eval_batch_size, cfg.tta_flip
+        )
+        summary.update(test_f1=scores["macro_f1"], test_acc=scores["accuracy"])
+    return summary
