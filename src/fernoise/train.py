@@ -153,9 +153,12 @@ class _Progress:
 
             self.bar = tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
 
-    def update(self, loss: float, f1: float, images_per_s: float) -> None:
+    def show(self, loss: float, f1: float, images_per_s: float) -> None:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", f1=f"{f1:.3f}", img_s=f"{images_per_s:.0f}", refresh=False)
+
+    def update(self) -> None:
+        if self.bar is not None:
             self.bar.update()
 
     def close(self) -> None:
@@ -203,9 +206,11 @@ def _train_locked(cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, log
 
     rows: list[dict[str, Any]] = []
     start_epoch, best = 1, {"val_f1": -1.0, "epoch": 0}
-    if resume:
-        start_epoch, best, rows = _resume(last_path, out, cfg, model, optimizer, scheduler, controller, generator, device)
+    if resume and last_path.is_file():
+        start_epoch, best, rows = _resume(last_path, out, cfg, packed, model, optimizer, scheduler, controller, generator, device)
         log(f"resuming {out} after epoch {start_epoch - 1}")
+    elif resume:
+        log(f"{out}: no epoch had finished, starting from the beginning")
     write_text_atomic(out / "config.yaml", cfg.to_yaml())
 
     from torch.utils.tensorboard import SummaryWriter
@@ -230,7 +235,8 @@ def _train_locked(cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, log
                 scheduler.step()
             if controller.autorelus:
                 row["autorelu_w"] = autorelu_weight(model)
-            rows.append({k: _fmt(v) for k, v in row.items()})
+            order = METRIC_COLUMNS + [k for k in row if k not in METRIC_COLUMNS]
+            rows.append({k: _fmt(row[k]) for k in order})
             for key, value in row.items():
                 if key != "epoch":
                     writer.add_scalar(key, value, epoch)
@@ -255,9 +261,10 @@ def _train_locked(cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, log
                 "best": best,
                 "metrics": rows,
             }
-            save_checkpoint(last_path, state)
+            # best.pt first: a crash between the two writes then only repeats this epoch on resume.
             if is_best:
                 save_checkpoint(best_path, state)
+            save_checkpoint(last_path, state)
             _write_metrics(out / "metrics.csv", rows)
             noise = f" noise {row['noise_on']:.2f}" if controller.method != "none" else ""
             log(
@@ -307,7 +314,9 @@ def _train_epoch(cfg, epoch, model, optimizer, controller, augment, criterion, d
             loss_sum += loss_value * len(labels)
             seen += len(labels)
             running.update(logits.detach().argmax(1), labels)
-            progress.update(loss_sum / seen, running.compute(), seen / (time.perf_counter() - start))
+            if step % 10 == 1 or step == total:  # the running F1 costs a device sync
+                progress.show(loss_sum / seen, running.compute(), seen / (time.perf_counter() - start))
+            progress.update()
     finally:
         progress.close()
     if seen == 0:
@@ -324,9 +333,7 @@ def _train_epoch(cfg, epoch, model, optimizer, controller, augment, criterion, d
     return row
 
 
-def _resume(last_path, out, cfg, model, optimizer, scheduler, controller, generator, device):
-    if not last_path.is_file():
-        raise TrainingError(f"cannot resume {out}: no checkpoints/last.pt (the run never finished an epoch)")
+def _resume(last_path, out, cfg, packed, model, optimizer, scheduler, controller, generator, device):
     try:
         state = load_checkpoint(last_path)
     except CheckpointError as exc:
@@ -337,6 +344,10 @@ def _resume(last_path, out, cfg, model, optimizer, scheduler, controller, genera
     if changed:
         diffs = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
         raise TrainingError(f"cannot resume {out} with a different configuration ({diffs})")
+    if list(state["classes"]) != list(packed.classes):
+        raise TrainingError(
+            f"cannot resume {out}: its checkpoint has classes {state['classes']} but the data now has {packed.classes}"
+        )
     model.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler"):

@@ -1,0 +1,648 @@
+"""Table 1, the paper's figures, paired comparisons over seeds and ``report.md``.
+
+Reads run directories as written by ``train`` (see docs/ARCHITECTURE.md). Method
+keys are ``baseline``, ``dropout``, ``periodic``, ``dynamic``, ``dropout+periodic``
+and ``dropout+dynamic``; other keys are reported too, after these, by name.
+
+Statistics over seeds: means with the sample standard deviation (ddof=1, undefined
+for one seed); differences to the baseline are paired by seed and get a
+t-distribution confidence interval. No scipy: the t quantile is computed here.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects rendered by Agg, so
+nothing touches pyplot's global state or the user's backend.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence, Union
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from .io import write_bytes_atomic, write_text_atomic
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_f1", "val_acc", "noise_on", "lr", "seconds")
+SUMMARY_KEYS = ("best_val_f1", "best_epoch", "final_val_f1", "final_train_loss")
+
+
+class MethodInfo(NamedTuple):
+    label: str  # Table 1 column header, as in the paper
+    long_label: str  # legend text in figures
+    color: str
+
+
+METHODS: dict[str, MethodInfo] = {
+    "baseline": MethodInfo("ResNet-18", "ResNet-18", "tab:blue"),
+    "dropout": MethodInfo("+Dropout", "ResNet-18 + dropout", "tab:green"),
+    "periodic": MethodInfo("+Periodic", "ResNet-18 + periodic noise", "tab:orange"),
+    "dynamic": MethodInfo("+Dynamic", "ResNet-18 + dynamic noise", "tab:red"),
+    "dropout+periodic": MethodInfo("Dropout+Periodic", "ResNet-18 + dropout + periodic noise", "tab:purple"),
+    "dropout+dynamic": MethodInfo("Dropout+Dynamic", "ResNet-18 + dropout + dynamic noise", "tab:brown"),
+}
+_OTHER_COLORS = ("tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+# (loss figure, F1 figure, first method, second method) as in the paper's Figures 3-11.
+# The paper's Fig. 9 shows F1 only; the loss of that pair is drawn too, under the same number.
+FIGURE_PAIRS: tuple[tuple[int, int, str, str], ...] = (
+    (3, 4, "baseline", "periodic"),
+    (5, 6, "baseline", "dropout"),
+    (7, 8, "dropout", "dropout+periodic"),
+    (9, 9, "baseline", "dropout+periodic"),
+    (10, 11, "periodic", "dynamic"),
+)
+
+# Table 1 rows: (key, summary.json field, row label, number format).
+TABLE_ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("train_loss", "final_train_loss", "Train loss (final epoch)", ".4g"),
+    ("val_f1", "best_val_f1", "Validation macro-F1 (max over epochs)", ".4f"),
+    ("test_f1", "test_f1", "Test macro-F1", ".4f"),
+    ("test_acc", "test_acc", "Test accuracy", ".4f"),
+)
+# Paired differences to the baseline: (key, summary.json field, heading).
+COMPARED: tuple[tuple[str, str, str], ...] = (
+    ("val_f1", "best_val_f1", "Δ max val F1"),
+    ("train_loss", "final_train_loss", "Δ final train loss"),
+)
+
+
+class RunFormatError(ValueError):
+    """A run directory is missing a file or holds a malformed one; the message names it."""
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    method: str
+    seed: int
+    metrics: dict[str, np.ndarray]  # one float64 column per metrics.csv column
+    summary: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def epochs(self) -> int:
+        return int(self.metrics["epoch"].size)
+
+    @property
+    def wall_seconds(self) -> float:
+        return float(np.nansum(self.metrics["seconds"]))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise RunFormatError(f"{path}: missing (a run directory needs config.yaml, metrics.csv, summary.json)")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunFormatError(f"{path}: cannot read: {exc}") from exc
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise RunFormatError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(config, dict):
+        raise RunFormatError(f"{path}: expected a mapping with 'method' and 'seed'")
+    method, seed = config.get("method"), config.get("seed")
+    if not isinstance(method, str) or not method:
+        raise RunFormatError(f"{path}: 'method' missing or not a string")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise RunFormatError(f"{path}: 'seed' missing or not an integer")
+    return config
+
+
+def _read_metrics(path: Path) -> dict[str, np.ndarray]:
+    reader = csv.reader(io.StringIO(_read_text(path)))
+    header = [name.strip() for name in next(reader, [])]
+    missing = [name for name in METRIC_COLUMNS if name not in header]
+    if missing:
+        raise RunFormatError(f"{path}:1: header lacks column(s) {', '.join(missing)}")
+    rows: list[list[float]] = []
+    for fields in reader:
+        line = reader.line_num
+        if not any(field.strip() for field in fields):
+            continue
+        if len(fields) != len(header):
+            raise RunFormatError(f"{path}:{line}: {len(fields)} fields, the header has {len(header)}")
+        values = []
+        for name, field in zip(header, fields):
+            text = field.strip()
+            try:
+                values.append(float(text) if text else math.nan)  # an empty cell is a missing value
+            except ValueError:
+                raise RunFormatError(f"{path}:{line}: column '{name}': {text!r} is not a number") from None
+        epoch = values[header.index("epoch")]
+        if not math.isfinite(epoch) or epoch != int(epoch) or (rows and epoch <= rows[-1][header.index("epoch")]):
+            raw = fields[header.index("epoch")].strip()
+            raise RunFormatError(f"{path}:{line}: epoch {raw!r} is not an integer above the previous row's")
+        rows.append(values)
+    if not rows:
+        raise RunFormatError(f"{path}: no epochs recorded")
+    table = np.array(rows, dtype=np.float64)
+    return {name: table[:, i] for i, name in enumerate(header)}
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise RunFormatError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+    if not isinstance(summary, dict):
+        raise RunFormatError(f"{path}: expected a JSON object")
+    for key in SUMMARY_KEYS:
+        if not _is_number(summary.get(key)):
+            raise RunFormatError(f"{path}: '{key}' missing or not a number")
+    return summary
+
+
+def _is_number(value: Any) -> bool:
+    """Numbers including NaN/inf: a diverged run is a result to report, not a malformed file."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def load_run(run_dir: PathLike) -> RunRecord:
+    """Read one run directory; raises :class:`RunFormatError` naming the offending file (and line)."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunFormatError(f"{path}: not a directory")
+    config = _read_config(path / "config.yaml")
+    return RunRecord(
+        path=path,
+        method=config["method"],
+        seed=config["seed"],
+        metrics=_read_metrics(path / "metrics.csv"),
+        summary=_read_summary(path / "summary.json"),
+        config=config,
+    )
+
+
+def load_runs(paths: Iterable[PathLike]) -> list[RunRecord]:
+    """Load run directories; a path that is not itself a run is searched for runs below it."""
+    runs = []
+    for given in map(Path, paths):
+        if (given / "config.yaml").is_file():
+            runs.append(load_run(given))
+            continue
+        found = sorted(p.parent for p in given.rglob("config.yaml")) if given.is_dir() else []
+        if not found:
+            raise RunFormatError(f"{given}: no run directories (with config.yaml) found")
+        runs.extend(load_run(p) for p in found)
+    return runs
+
+
+# ----------------------------------------------------------------------------- grouping and statistics
+
+
+def method_info(method: str) -> MethodInfo:
+    """Labels and colour of a method; an unknown one gets its key as label and a colour fixed by its name."""
+    fallback = _OTHER_COLORS[sum(map(ord, method)) % len(_OTHER_COLORS)]
+    return METHODS.get(method) or MethodInfo(method, method, fallback)
+
+
+def _by_method(runs: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Runs grouped by method in the paper's order, each sorted by seed; one run per (method, seed)."""
+    groups: dict[str, dict[int, RunRecord]] = {}
+    for run in runs:
+        seeds = groups.setdefault(run.method, {})
+        if run.seed in seeds:
+            raise ValueError(
+                f"two runs of method {run.method!r} with seed {run.seed}: {seeds[run.seed].path} and {run.path}; "
+                f"statistics over seeds need one run per seed"
+            )
+        seeds[run.seed] = run
+    known = [m for m in METHODS if m in groups]
+    order = known + sorted(m for m in groups if m not in METHODS)
+    return {m: [groups[m][s] for s in sorted(groups[m])] for m in order}
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof=1); None where undefined."""
+    if not values:
+        return None, None
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), (float(array.std(ddof=1)) if array.size > 1 else None)
+
+
+def _t_cdf_two_sided(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with integer df (closed form, Abramowitz & Stegun 26.7.3-4)."""
+    theta = math.atan(t / math.sqrt(df))
+    s, c = math.sin(theta), math.cos(theta)
+    if df % 2:  # odd: (2/pi) * (theta + sin * (cos + 2/3 cos^3 + 2*4/(3*5) cos^5 + ...))
+        term, total = c, 0.0
+        for j in range(1, (df - 1) // 2 + 1):
+            total += term
+            term *= c * c * (2 * j) / (2 * j + 1)
+        return 2.0 / math.pi * (theta + s * total)
+    term, total = 1.0, 0.0  # even: sin * (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+    for j in range(1, df // 2 + 1):
+        total += term
+        term *= c * c * (2 * j - 1) / (2 * j)
+    return s * total
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Quantile of Student's t distribution (integer df >= 1), by bisection on the exact CDF.
+
+    Above df 1000 the CDF series gets long and the Cornish-Fisher expansion around the normal
+    quantile (Abramowitz & Stegun 26.7.5) is accurate to ~1e-12, so that is used instead.
+    """
+    if not 0.0 < p < 1.0 or df < 1 or int(df) != df:
+        raise ValueError(f"t_quantile needs 0 < p < 1 and an integer df >= 1, got p={p}, df={df}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    if df > 1000:
+        z = NormalDist().inv_cdf(p)
+        terms = (
+            (z**3 + z) / 4,
+            (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+            (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+            (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160,
+        )
+        return z + sum(term / df ** (k + 1) for k, term in enumerate(terms))
+    mass = 2.0 * p - 1.0  # P(|T| <= t) at the quantile
+    low, high = 0.0, 1.0
+    while _t_cdf_two_sided(high, int(df)) < mass:
+        high *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        if mid in (low, high):
+            break
+        low, high = (mid, high) if _t_cdf_two_sided(mid, int(df)) < mass else (low, mid)
+    return 0.5 * (low + high)
+
+
+def table1(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """One row per method in the paper's column order, with mean, std and n of each Table 1 quantity.
+
+    Keys: ``method``, ``label``, ``n_seeds``, ``seeds`` and ``{q}_mean``, ``{q}_std``, ``{q}_n``
+    for q in ``train_loss`` (final epoch), ``val_f1`` (best epoch), ``test_f1``, ``test_acc``
+    (test values only from runs whose summary has them). Undefined statistics are None.
+    """
+    groups = _by_method(runs)
+    rows = []
+    for method, group in groups.items():
+        row: dict[str, Any] = {
+            "method": method,
+            "label": method_info(method).label,
+            "n_seeds": len(group),
+            "seeds": [run.seed for run in group],
+        }
+        for key, field, _, _ in TABLE_ROWS:
+            values = [run.summary[field] for run in group if _is_number(run.summary.get(field))]
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
+            row[f"{key}_n"] = len(values)
+        rows.append(row)
+    return rows
+
+
+def compare_to_baseline(
+    runs: Sequence[RunRecord], baseline: str = "baseline", confidence: float = 0.95
+) -> list[dict[str, Any]]:
+    """Per method, the seed-paired difference (method - baseline) of max val F1 and final train loss.
+
+    Pairing by seed removes the seed-to-seed variance both share. For each quantity q in
+    ``val_f1``/``train_loss``: ``{q}_diff_mean``, ``{q}_diff_std`` and the t-interval
+    ``{q}_diff_ci_low``/``{q}_diff_ci_high`` (None for fewer than two pairs). Empty if there
+    is no baseline run.
+    """
+    groups = _by_method(runs)
+    if baseline not in groups:
+        return []
+    base = {run.seed: run for run in groups[baseline]}
+    rows = []
+    for method, group in groups.items():
+        if method == baseline:
+            continue
+        paired = [(run, base[run.seed]) for run in group if run.seed in base]
+        row: dict[str, Any] = {
+            "method": method,
+            "label": method_info(method).label,
+            "baseline": baseline,
+            "n": len(paired),
+            "seeds": [run.seed for run, _ in paired],
+            "unpaired_seeds": [run.seed for run in group if run.seed not in base],
+            "confidence": confidence,
+        }
+        for key, field, _ in COMPARED:
+            diffs = [run.summary[field] - ref.summary[field] for run, ref in paired]
+            mean, std = _mean_std(diffs)
+            half = None
+            if std is not None:
+                half = t_quantile(0.5 + confidence / 2, len(diffs) - 1) * std / math.sqrt(len(diffs))
+            row[f"{key}_diff_mean"], row[f"{key}_diff_std"] = mean, std
+            row[f"{key}_diff_ci_low"] = None if half is None else mean - half
+            row[f"{key}_diff_ci_high"] = None if half is None else mean + half
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _cell(mean: float | None, std: float | None, n: int, fmt: str) -> str:
+    if mean is None:
+        return "—"
+    spread = f" ± {std:{fmt}}" if std is not None else ""
+    return f"{mean:{fmt}}{spread} (n={n})"
+
+
+def _table1_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Paper layout: methods as columns, quantities as rows; test rows only when some run has them."""
+    lines = [
+        "| | " + " | ".join(row["label"] for row in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for key, _, title, fmt in TABLE_ROWS:
+        if not any(row[f"{key}_n"] for row in rows):
+            continue
+        cells = [_cell(row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_n"], fmt) for row in rows]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nCells: mean ± sample std (ddof=1) over seeds, n = number of seeds.\n"
+
+
+def write_table1_md(rows: Sequence[Mapping[str, Any]], path: PathLike) -> None:
+    write_text_atomic(path, "# Table 1\n\n" + _table1_markdown(rows))
+
+
+def write_table1_csv(rows: Sequence[Mapping[str, Any]], path: PathLike) -> None:
+    """One line per method; empty cells where a statistic is undefined; seeds joined by ';'."""
+    columns = ["method", "label", "n_seeds", "seeds"]
+    columns += [f"{key}_{stat}" for key, *_ in TABLE_ROWS for stat in ("mean", "std", "n")]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        values = {**row, "seeds": ";".join(map(str, row["seeds"]))}
+        writer.writerow(["" if values[c] is None else values[c] for c in columns])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _comparison_markdown(rows: Sequence[Mapping[str, Any]], baseline_label: str) -> str:
+    level = f"{rows[0]['confidence']:.0%}" if rows else "95%"
+    header = "| Method | paired seeds | "
+    header += " | ".join(f"{title} (mean ± std) | {level} CI" for _, _, title in COMPARED)
+    lines = [header + " |", "|---|---|" + "---|---|" * len(COMPARED)]
+    for row in rows:
+        cells = [row["label"], str(row["n"])]
+        for key, _, _ in COMPARED:
+            mean, std = row[f"{key}_diff_mean"], row[f"{key}_diff_std"]
+            cells.append("—" if mean is None else f"{mean:+.4f}" + ("" if std is None else f" ± {std:.4f}"))
+            low, high = row[f"{key}_diff_ci_low"], row[f"{key}_diff_ci_high"]
+            cells.append("n/a" if low is None else f"[{low:+.4f}, {high:+.4f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [
+        f"Δ = method − {baseline_label}, paired by seed; positive Δ F1 is better, negative Δ loss is a lower "
+        f"training loss. CI: t distribution with n−1 degrees of freedom; n/a for a single pair."
+    ]
+    notes += [
+        f"{row['label']}: seeds {row['unpaired_seeds']} have no {baseline_label} run and are left out."
+        for row in rows
+        if row["unpaired_seeds"]
+    ]
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _save(fig: Figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _curves(group: Sequence[RunRecord], column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Epochs (union over seeds) and a seeds x epochs matrix, NaN where a run has no value."""
+    epochs = np.unique(np.concatenate([run.metrics["epoch"] for run in group]))
+    values = np.full((len(group), epochs.size), np.nan)
+    for i, run in enumerate(group):
+        if column in run.metrics:
+            values[i, np.searchsorted(epochs, run.metrics["epoch"])] = run.metrics[column]
+    return epochs, values
+
+
+def _nan_reduce(fn, values: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():  # an epoch where every seed is NaN stays NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(values, axis=0)
+
+
+def _has_noise(group: Sequence[RunRecord]) -> bool:
+    return any(np.nanmax(run.metrics["noise_on"], initial=0.0) > 0 for run in group)
+
+
+def _shade_noise(ax: Any, group: Sequence[RunRecord], color: str) -> None:
+    """Shade each epoch by the seed-mean of ``noise_on`` (clipped to [0, 1]); alpha grows with it."""
+    epochs, values = _curves(group, "noise_on")
+    level = np.clip(np.nan_to_num(_nan_reduce(np.nanmean, values)), 0.0, 1.0)
+    start = 0
+    for i in range(1, epochs.size + 1):  # one span per stretch of equal level
+        if i == epochs.size or level[i] != level[start] or epochs[i] != epochs[i - 1] + 1:
+            if level[start] > 0:
+                alpha = 0.3 * level[start]
+                ax.axvspan(epochs[start] - 0.5, epochs[i - 1] + 0.5, color=color, alpha=alpha, lw=0, zorder=0)
+            start = i
+
+
+def _plot_pair(
+    groups: Mapping[str, list[RunRecord]],
+    methods: tuple[str, str],
+    column: str,
+    ylabel: str,
+    title: str,
+    path: Path,
+) -> None:
+    """The one figure type of Figs. 3-11: seed mean and min-max band of ``column`` for two methods."""
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    noisy = [m for m in reversed(methods) if _has_noise(groups[m])]
+    extra_handles = [Patch(facecolor="0.6", alpha=0.25, label="min–max over seeds")]
+    if noisy:
+        info = method_info(noisy[0])
+        _shade_noise(ax, groups[noisy[0]], info.color)
+        label = f"noise on ({info.label}; paler = fewer seeds)"
+        extra_handles.append(Patch(facecolor=info.color, alpha=0.3, label=label))
+    for method in methods:
+        info = method_info(method)
+        epochs, values = _curves(groups[method], column)
+        mean = _nan_reduce(np.nanmean, values)
+        ax.plot(epochs, mean, color=info.color, lw=1.8, label=f"{info.long_label} (mean, n={len(values)})")
+        if len(values) > 1:
+            low, high = _nan_reduce(np.nanmin, values), _nan_reduce(np.nanmax, values)
+            ax.fill_between(epochs, low, high, color=info.color, alpha=0.2, lw=0)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + extra_handles, fontsize=8, loc="best")
+    _save(fig, path)
+
+
+def _plot_autorelu(groups: Mapping[str, list[RunRecord]], path: Path) -> bool:
+    """The common AutoReLU weight per seed, one panel per method that logs it; False if none does."""
+    logged = {
+        method: [run for run in group if np.isfinite(run.metrics.get("autorelu_w", np.array([np.nan]))).any()]
+        for method, group in groups.items()
+    }
+    logged = {method: group for method, group in logged.items() if group}
+    if not logged:
+        return False
+    fig = Figure(figsize=(7.5, 3.4 * len(logged)), layout="constrained")
+    for ax, (method, group) in zip(fig.subplots(len(logged), 1, squeeze=False)[:, 0], logged.items()):
+        info = method_info(method)
+        _shade_noise(ax, group, "0.5")
+        for run in group:
+            ax.plot(run.metrics["epoch"], run.metrics["autorelu_w"], lw=1.4, label=f"seed {run.seed}")
+        ax.axhline(0.0, color="black", lw=0.9)
+        ax.set(xlabel="epoch", ylabel="AutoReLU weight w", title=f"Common AutoReLU weight: {info.long_label}")
+        ax.grid(alpha=0.3)
+        shading = Patch(facecolor="0.5", alpha=0.3, label="noise on (seed mean)")
+        handles = ax.get_legend_handles_labels()[0] + [shading]
+        ax.legend(handles=handles, fontsize=8, loc="best")
+    _save(fig, path)
+    return True
+
+
+def plot_confusion(matrix: Any, class_names: Sequence[str], path: PathLike, title: str) -> None:
+    """Row-normalised confusion matrix (rows = true class) with the counts written in each cell."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    totals = counts.sum(axis=1, keepdims=True)
+    rates = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    k = len(class_names)
+    side = max(4.5, 0.75 * k + 2.0)
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, label="fraction of true class")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{rates[i, j]:.2f}\n({counts[i, j]})", ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    _save(fig, Path(path))
+
+
+def _slug(method: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in method.lower())
+
+
+def _write_figures(
+    groups: Mapping[str, list[RunRecord]], out_dir: Path
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Draw every figure the runs allow; returns (file name, caption) pairs and notes on skipped pairs."""
+    figures: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    for loss_no, f1_no, first, second in FIGURE_PAIRS:
+        a, b = method_info(first), method_info(second)
+        absent = [m for m in (first, second) if m not in groups]
+        if absent:
+            numbers = f"{loss_no}" if loss_no == f1_no else f"{loss_no}/{f1_no}"
+            skipped.append(f"Fig. {numbers} ({a.label} vs {b.label}): no runs of {', '.join(map(repr, absent))}.")
+            continue
+        for number, kind, column, ylabel in (
+            (loss_no, "loss", "train_loss", "Training loss"),
+            (f1_no, "f1", "val_f1", "Validation macro-F1"),
+        ):
+            name = f"fig{number}_{kind}_{_slug(first)}_vs_{_slug(second)}.png"
+            title = f"{ylabel}: {a.long_label} vs {b.long_label}"
+            _plot_pair(groups, (first, second), column, ylabel, title, out_dir / name)
+            note = " (the paper shows F1 only)" if number == 9 and kind == "loss" else ""
+            figures.append((name, f"Fig. {number}{note}: {title}"))
+    if _plot_autorelu(groups, out_dir / "autorelu_weight.png"):
+        caption = "Common AutoReLU weight w over epochs (noise is injected while w < 0)"
+        figures.append(("autorelu_weight.png", caption))
+    return figures, skipped
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _fenced(text: str) -> str:
+    fence = "```"
+    while fence in text:
+        fence += "`"
+    return f"{fence}\n{text}\n{fence}"
+
+
+def write_report(
+    runs: Sequence[RunRecord],
+    out_dir: PathLike,
+    command: str,
+    data_description: str,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write table1.md/.csv, all figures and report.md into ``out_dir``; returns the report's path."""
+    if not runs:
+        raise ValueError("no runs to report")
+    out = Path(out_dir)
+    groups = _by_method(runs)
+    rows = table1(runs)
+    write_table1_md(rows, out / "table1.md")
+    write_table1_csv(rows, out / "table1.csv")
+    figures, skipped = _write_figures(groups, out)
+    baseline_label = method_info("baseline").label
+    comparison = compare_to_baseline(runs)
+
+    parts = [
+        "# fernoise report",
+        f"## Data\n\n{data_description}",
+        f"## Command\n\n{_fenced(command)}",
+        "## Table 1\n\nTrain loss is the final epoch's, validation F1 the best epoch's (the paper's \"max F1\"); "
+        "F1 is macro-F1.\n\n" + _table1_markdown(rows) + "\nMachine-readable: [table1.csv](table1.csv).",
+    ]
+    if comparison:
+        parts.append(f"## Difference to {baseline_label}\n\n" + _comparison_markdown(comparison, baseline_label))
+    else:
+        parts.append(f"## Difference to {baseline_label}\n\nNo baseline runs: comparison skipped.")
+    figure_text = "\n\n".join(f"### {caption}\n\n![{caption}]({name})" for name, caption in figures)
+    if skipped:
+        figure_text += "\n\nSkipped (methods missing):\n\n" + "\n".join(f"- {note}" for note in skipped)
+    parts.append(
+        "## Figures\n\nCurves: mean over seeds; band: min–max over seeds; shaded epochs: noise on "
+        "(darker = on in more seeds or for more of the epoch).\n\n" + (figure_text or "No figures.")
+    )
+    run_lines = ["| Method | seed | epochs | best val F1 (epoch) | wall time | directory |", "|" + "---|" * 6]
+    for method, group in groups.items():
+        for run in group:
+            try:
+                where = os.path.relpath(run.path, out)
+            except ValueError:  # another drive on Windows
+                where = str(run.path)
+            best = f"{run.summary['best_val_f1']:.4f} ({run.summary['best_epoch']})"
+            run_lines.append(
+                f"| {method_info(method).label} | {run.seed} | {run.epochs} | {best} | "
+                f"{_duration(run.wall_seconds)} | `{where}` |"
+            )
+    parts.append("## Runs\n\n" + "\n".join(run_lines))
+    if extra:
+        items = (
+            f"- **{key}**: {value if isinstance(value, str) else json.dumps(value, default=str)}"
+            for key, value in extra.items()
+        )
+        parts.append("## Notes\n\n" + "\n".join(items))
+    report = out / "report.md"
+    write_text_atomic(report, "\n\n".join(parts) + "\n")
+    return report

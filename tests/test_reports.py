@@ -1,0 +1,302 @@
+"""Reports from synthetic run directories: files, table values, paired CIs, error messages."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from fernoise.reports import (
+    RunFormatError,
+    compare_to_baseline,
+    load_run,
+    load_runs,
+    plot_confusion,
+    t_quantile,
+    table1,
+    write_report,
+)
+
+COLUMNS = ["epoch", "train_loss", "val_loss", "val_f1", "val_acc", "noise_on", "lr", "seconds"]
+PERIODIC_NOISE = [0, 0, 1, 1, 1, 0]
+
+
+def make_run(
+    root: Path,
+    method: str,
+    seed: int,
+    epochs: int = 6,
+    noise: list[float] | None = None,
+    autorelu: bool = False,
+    test: bool = False,
+) -> Path:
+    """A run directory in the train contract with seeded synthetic curves; summary consistent with them."""
+    rng = np.random.default_rng(abs(hash((method, seed))) % 2**32)
+    run = root / f"{method}-s{seed}"
+    run.mkdir(parents=True)
+    e = np.arange(1, epochs + 1)
+    noise_on = np.array(noise if noise is not None else [0] * epochs, dtype=float)
+    train_loss = 2.0 * np.exp(-e / 3) + 0.3 * noise_on + rng.uniform(0, 0.1, epochs)
+    val_f1 = 0.3 + 0.05 * np.log(e) - 0.05 * noise_on + rng.uniform(0, 0.02, epochs)
+    columns = {
+        "epoch": e,
+        "train_loss": train_loss,
+        "val_loss": train_loss + 0.2,
+        "val_f1": val_f1,
+        "val_acc": val_f1 + 0.1,
+        "noise_on": noise_on,
+        "lr": np.full(epochs, 1e-4),
+        "seconds": rng.uniform(50, 70, epochs),
+    }
+    if autorelu:
+        columns["autorelu_w"] = np.where(noise_on > 0, -0.01, 0.05) * rng.uniform(0.5, 1.5, epochs)
+    with open(run / "metrics.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        cells = [[int(v) if k == "epoch" else repr(float(v)) for v in col] for k, col in columns.items()]
+        writer.writerows(zip(*cells))
+    (run / "config.yaml").write_text(yaml.safe_dump({"method": method, "seed": seed, "epochs": epochs}))
+    summary = {
+        "best_val_f1": float(val_f1.max()),
+        "best_epoch": int(e[val_f1.argmax()]),
+        "final_val_f1": float(val_f1[-1]),
+        "final_train_loss": float(train_loss[-1]),
+    }
+    if test:
+        summary.update(test_f1=float(val_f1[-1] - 0.01), test_acc=float(val_f1[-1] + 0.05))
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+@pytest.fixture
+def full_grid(tmp_path: Path) -> Path:
+    """All paper methods: 3 seeds each (dropout+periodic 2, one baseline seed stops early)."""
+    root = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        make_run(root, "baseline", seed, epochs=5 if seed == 2 else 6, test=True)
+        make_run(root, "dropout", seed)
+        make_run(root, "periodic", seed, noise=PERIODIC_NOISE, test=True)
+        make_run(root, "dynamic", seed, noise=[0, 1, 0, 0, 1, 1] if seed else [0, 0, 1, 1, 0, 1], autorelu=True)
+        if seed < 2:
+            make_run(root, "dropout+periodic", seed, noise=PERIODIC_NOISE)
+    return root
+
+
+def _summaries(root: Path, method: str) -> list[dict]:
+    return [json.loads((p / "summary.json").read_text()) for p in sorted(root.glob(f"{method}-s*"))]
+
+
+EXPECTED_FIGURES = [
+    "fig3_loss_baseline_vs_periodic.png",
+    "fig4_f1_baseline_vs_periodic.png",
+    "fig5_loss_baseline_vs_dropout.png",
+    "fig6_f1_baseline_vs_dropout.png",
+    "fig7_loss_dropout_vs_dropout-periodic.png",
+    "fig8_f1_dropout_vs_dropout-periodic.png",
+    "fig9_loss_baseline_vs_dropout-periodic.png",
+    "fig9_f1_baseline_vs_dropout-periodic.png",
+    "fig10_loss_periodic_vs_dynamic.png",
+    "fig11_f1_periodic_vs_dynamic.png",
+    "autorelu_weight.png",
+]
+
+
+def test_write_report_writes_everything(full_grid: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    command = "fernoise report runs/ --out report"
+    path = write_report(load_runs([full_grid]), out, command, "synthetic faces, 6 epochs", extra={"device": "cpu"})
+    assert path == out / "report.md"
+    for name in ["table1.md", "table1.csv", "report.md", *EXPECTED_FIGURES]:
+        assert (out / name).is_file(), name
+    for name in EXPECTED_FIGURES:
+        with Image.open(out / name) as image:
+            image.verify()
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.width >= 800 and image.height >= 400
+            assert np.asarray(image.convert("L")).std() > 5  # not a blank canvas
+        assert (out / name).stat().st_size > 20_000
+    report = path.read_text()
+    for name in EXPECTED_FIGURES:
+        assert f"]({name})" in report
+    assert command in report and "synthetic faces" in report and "**device**: cpu" in report
+    assert "Skipped" not in report
+    assert "| Method | seed | epochs | best val F1 (epoch) | wall time | directory |\n|---|---|---|---|---|---|\n" in report
+    assert "`../runs/baseline-s2`" in report  # run list with relative directory
+    wall = float(np.loadtxt(full_grid / "baseline-s2" / "metrics.csv", delimiter=",", skiprows=1)[:, 7].sum())
+    assert f"| ResNet-18 | 2 | 5 | " in report
+    minutes, seconds = divmod(int(round(wall)), 60)
+    assert f"{minutes}m {seconds:02d}s" in report
+    # Dropout+Periodic has no seed 2 -> its comparison uses two pairs.
+    assert "| Dropout+Periodic | 2 |" in report
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_table1_matches_hand_computed_statistics(full_grid: Path, tmp_path: Path):
+    rows = table1(load_runs([full_grid]))
+    assert [row["method"] for row in rows] == ["baseline", "dropout", "periodic", "dynamic", "dropout+periodic"]
+    assert [row["label"] for row in rows] == ["ResNet-18", "+Dropout", "+Periodic", "+Dynamic", "Dropout+Periodic"]
+    for row in rows:
+        summaries = _summaries(full_grid, row["method"])
+        losses = np.array([s["final_train_loss"] for s in summaries])
+        f1s = np.array([s["best_val_f1"] for s in summaries])
+        assert row["n_seeds"] == len(summaries)
+        assert row["train_loss_mean"] == pytest.approx(losses.mean())
+        assert row["train_loss_std"] == pytest.approx(losses.std(ddof=1))
+        assert row["val_f1_mean"] == pytest.approx(f1s.mean())
+        assert row["val_f1_std"] == pytest.approx(f1s.std(ddof=1))
+        tests = np.array([s["test_f1"] for s in summaries if "test_f1" in s])
+        assert row["test_f1_n"] == tests.size
+        assert row["test_f1_mean"] == (pytest.approx(tests.mean()) if tests.size else None)
+
+    write_report(load_runs([full_grid]), tmp_path / "r", "cmd", "data")
+    with open(tmp_path / "r" / "table1.csv", newline="") as handle:
+        records = list(csv.DictReader(handle))
+    assert list(records[0])[:8] == ["method", "label", "n_seeds", "seeds", "train_loss_mean", "train_loss_std",
+                                    "train_loss_n", "val_f1_mean"]
+    for record, row in zip(records, rows):
+        assert record["method"] == row["method"] and int(record["n_seeds"]) == row["n_seeds"]
+        assert float(record["val_f1_mean"]) == row["val_f1_mean"]  # full precision
+        assert float(record["train_loss_std"]) == row["train_loss_std"]
+        assert record["test_acc_mean"] == ("" if row["test_acc_mean"] is None else repr(row["test_acc_mean"]))
+    table = (tmp_path / "r" / "table1.md").read_text()
+    base = rows[0]
+    assert f"{base['val_f1_mean']:.4f} ± {base['val_f1_std']:.4f} (n=3)" in table
+    assert "Test macro-F1" in table and "—" in table
+
+
+def test_compare_to_baseline_paired_by_seed(full_grid: Path):
+    runs = load_runs([full_grid])
+    rows = {row["method"]: row for row in compare_to_baseline(runs)}
+    assert set(rows) == {"dropout", "periodic", "dynamic", "dropout+periodic"}
+    base = {s: json.loads((full_grid / f"baseline-s{s}" / "summary.json").read_text()) for s in (0, 1, 2)}
+    for method, row in rows.items():
+        seeds = [s for s in (0, 1, 2) if (full_grid / f"{method}-s{s}").exists()]
+        for key, field in (("val_f1", "best_val_f1"), ("train_loss", "final_train_loss")):
+            diffs = np.array(
+                [json.loads((full_grid / f"{method}-s{s}" / "summary.json").read_text())[field] - base[s][field]
+                 for s in seeds]
+            )
+            assert row["n"] == len(seeds) and row["seeds"] == seeds
+            assert row[f"{key}_diff_mean"] == pytest.approx(diffs.mean())
+            assert row[f"{key}_diff_std"] == pytest.approx(diffs.std(ddof=1))
+            stats = pytest.importorskip("scipy.stats")
+            low, high = stats.t.interval(0.95, len(diffs) - 1, loc=diffs.mean(), scale=stats.sem(diffs))
+            assert row[f"{key}_diff_ci_low"] == pytest.approx(low, rel=1e-9)
+            assert row[f"{key}_diff_ci_high"] == pytest.approx(high, rel=1e-9)
+
+
+def test_single_seed_has_no_ci(tmp_path: Path):
+    make_run(tmp_path, "baseline", 0)
+    make_run(tmp_path, "periodic", 0, noise=PERIODIC_NOISE)
+    make_run(tmp_path, "periodic", 1, noise=PERIODIC_NOISE)
+    runs = load_runs([tmp_path])
+    (row,) = compare_to_baseline(runs)
+    assert row["n"] == 1 and row["unpaired_seeds"] == [1]
+    assert row["val_f1_diff_std"] is None and row["val_f1_diff_ci_low"] is None
+    report = write_report(runs, tmp_path / "out", "cmd", "data").read_text()
+    assert "n/a" in report and "seeds [1] have no ResNet-18 run" in report
+
+
+def test_t_quantile_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in [*range(1, 41), 60, 100, 250, 1000]:
+        for p in (0.9, 0.95, 0.975, 0.995, 0.9995, 0.05):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9, abs=1e-9)
+    for df in (2000, 10**5):  # Cornish-Fisher branch
+        assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-10)
+    with pytest.raises(ValueError):
+        t_quantile(1.0, 3)
+
+
+def test_t_quantile_known_values():
+    # Textbook two-sided 95% critical values; independent of scipy.
+    for df, value in ((1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (30, 2.042)):
+        assert t_quantile(0.975, df) == pytest.approx(value, abs=5e-4)
+
+
+def test_missing_pair_is_noted_not_fatal(tmp_path: Path):
+    make_run(tmp_path / "runs", "baseline", 0)
+    make_run(tmp_path / "runs", "periodic", 0, noise=PERIODIC_NOISE)
+    out = tmp_path / "out"
+    report = write_report(load_runs([tmp_path / "runs"]), out, "cmd", "data").read_text()
+    assert (out / "fig3_loss_baseline_vs_periodic.png").is_file()
+    assert not (out / "fig5_loss_baseline_vs_dropout.png").exists()
+    assert not (out / "autorelu_weight.png").exists()
+    assert "Fig. 5/6 (ResNet-18 vs +Dropout): no runs of 'dropout'" in report
+    assert "Fig. 10/11 (+Periodic vs +Dynamic): no runs of 'dynamic'" in report
+
+
+def test_report_without_baseline(tmp_path: Path):
+    make_run(tmp_path, "dynamic", 3, noise=PERIODIC_NOISE, autorelu=True)
+    report = write_report([load_run(tmp_path / "dynamic-s3")], tmp_path / "out", "cmd", "data").read_text()
+    assert "No baseline runs" in report and "autorelu_weight.png" in report
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda text: text.replace("0.00042", "abc", 1), r"metrics\.csv:3: column 'lr': 'abc' is not a number"),
+        (lambda text: text + "7,1.0\n", r"metrics\.csv:8: 2 fields, the header has 8"),
+        (lambda text: text.replace("val_f1,", "", 1), r"metrics\.csv:1: header lacks column\(s\) val_f1"),
+        (lambda text: text.replace("\n3,", "\n2,", 1), r"metrics\.csv:4: epoch '2' is not an integer"),
+        (lambda text: text.splitlines()[0] + "\n", r"metrics\.csv: no epochs recorded"),
+    ],
+)
+def test_malformed_metrics_names_file_and_line(tmp_path: Path, edit, message):
+    run = make_run(tmp_path, "baseline", 0)
+    metrics = run / "metrics.csv"
+    lines = metrics.read_text().splitlines()
+    fields = lines[2].split(",")
+    lines[2] = ",".join([*fields[:6], "0.00042", *fields[7:]])  # a unique lr text on line 3
+    metrics.write_text(edit("\n".join(lines) + "\n"))
+    with pytest.raises(RunFormatError, match=message) as info:
+        load_run(run)
+    assert str(metrics) in str(info.value)
+
+
+def test_other_malformed_files(tmp_path: Path):
+    run = make_run(tmp_path, "baseline", 0)
+    (run / "summary.json").write_text('{\n  "best_val_f1": 0.3,\n  oops\n}')
+    with pytest.raises(RunFormatError, match=r"summary\.json:3: invalid JSON"):
+        load_run(run)
+    (run / "summary.json").write_text(json.dumps({"best_val_f1": 0.3}))
+    with pytest.raises(RunFormatError, match=r"summary\.json: 'best_epoch' missing"):
+        load_run(run)
+    (run / "config.yaml").write_text("method: baseline\n")
+    with pytest.raises(RunFormatError, match=r"config\.yaml: 'seed' missing"):
+        load_run(run)
+    (run / "config.yaml").unlink()
+    with pytest.raises(RunFormatError, match=r"config\.yaml: missing"):
+        load_run(run)
+    with pytest.raises(RunFormatError, match="no run directories"):
+        load_runs([tmp_path / "nothing-here"])
+
+
+def test_diverged_run_is_reported_not_rejected(tmp_path: Path):
+    run = make_run(tmp_path, "periodic", 0, noise=PERIODIC_NOISE)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "final_train_loss": float("nan")}))
+    (row,) = table1([load_run(run)])
+    assert math.isnan(row["train_loss_mean"])
+
+
+def test_duplicate_seed_is_refused(tmp_path: Path):
+    make_run(tmp_path / "a", "baseline", 0)
+    make_run(tmp_path / "b", "baseline", 0)
+    with pytest.raises(ValueError, match="two runs of method 'baseline' with seed 0"):
+        table1(load_runs([tmp_path]))
+
+
+def test_plot_confusion(tmp_path: Path):
+    names = ["anger", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    matrix = np.random.default_rng(0).integers(0, 50, (7, 7))
+    matrix[1] = 0  # a class with no samples must not produce NaN
+    plot_confusion(matrix, names, tmp_path / "cm.png", "Confusion (test)")
+    with Image.open(tmp_path / "cm.png") as image:
+        assert image.format == "PNG" and min(image.size) > 500
+    assert not math.isnan(float(np.asarray(Image.open(tmp_path / "cm.png")).mean()))

@@ -1,0 +1,129 @@
+"""The training loop: run directory contents, exact resume, divergence, locking."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import fernoise.train as train_module
+from fernoise.checkpoint import load_checkpoint
+from fernoise.config import TrainConfig
+from fernoise.io import OutputError, RunLock
+from fernoise.train import TrainingError, train
+
+TINY = dict(train_limit=96, val_limit=64, image_size=32, batch_size=32, eval_batch_size=64, device="cpu")
+
+
+def _cfg(**kwargs) -> TrainConfig:
+    return TrainConfig(**{**TINY, "epochs": 2, **kwargs})
+
+
+def _rows(run) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_directory_holds_everything(tmp_path):
+    run = tmp_path / "run"
+    summary = train(_cfg(method="dynamic"), run, quiet=True, log=lambda _: None)
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for column in ("epoch", "train_loss", "val_loss", "val_f1", "val_acc", "noise_on", "lr", "seconds", "autorelu_w"):
+        assert column in rows[0]
+    assert (run / "config.yaml").is_file() and list(run.glob("events.out.tfevents.*"))
+    for key in ("best_val_f1", "best_epoch", "final_val_f1", "final_train_loss", "test_f1", "test_acc"):
+        assert key in summary
+    assert json.loads((run / "summary.json").read_text()) == summary
+    assert summary["best_val_f1"] == max(float(r["val_f1"]) for r in rows)
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["epoch"] == summary["best_epoch"]
+    assert best["classes"] == ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
+    assert best["input"]["size"] == 32 and best["model"]["noise"] == "dynamic"
+    assert not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize("method", ["periodic", "dynamic", "dropout+periodic"])
+def test_resume_gives_the_same_run_as_no_interruption(tmp_path, method):
+    extra = dict(method=method, interval=1, autorelu_init=0.003, lr=1e-3)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(_cfg(epochs=3, **extra), straight, quiet=True, log=lambda _: None)
+    train(_cfg(epochs=2, **extra), split, quiet=True, log=lambda _: None)
+    train(_cfg(epochs=3, **extra), split, resume=True, quiet=True, log=lambda _: None)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(_rows(split)) == strip(_rows(straight))
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(split / "checkpoints" / "last.pt")
+    assert a["noise"] == b["noise"]
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), key
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(epochs=1), run, quiet=True, log=lambda _: None)
+    with pytest.raises(TrainingError, match="lr"):
+        train(_cfg(epochs=2, lr=0.1), run, resume=True, quiet=True, log=lambda _: None)
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(epochs=1), run, quiet=True, log=lambda _: None)
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(TrainingError, match="--resume"):
+        train(_cfg(epochs=1), run, quiet=True, log=lambda _: None)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+class _PoisonAfter(torch.nn.Module):
+    """Wraps a model so that its n-th training forward returns NaN logits."""
+
+    def __init__(self, model, n):
+        super().__init__()
+        self.model, self.n, self.calls = model, n, 0
+
+    def forward(self, x):
+        out = self.model(x)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.n:
+                return out * float("nan")
+        return out
+
+
+def _poison(monkeypatch, n):
+    real = train_module.build_model
+    monkeypatch.setattr(train_module, "build_model", lambda **kw: _PoisonAfter(real(**kw), n))
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
+    _poison(monkeypatch, n=5)  # 3 steps per epoch: epoch 2, step 2
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"epoch 2, step 2"):
+        train(_cfg(epochs=3), run, quiet=True, log=lambda _: None)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
+
+
+def test_non_finite_steps_can_be_skipped_and_counted(tmp_path, monkeypatch):
+    _poison(monkeypatch, n=2)
+    run = tmp_path / "run"
+    train(_cfg(epochs=2, nonfinite="skip"), run, quiet=True, log=lambda _: None)
+    assert [r["skipped_steps"] for r in _rows(run)] == ["1", "0"]
+
+
+def test_second_run_in_the_same_directory_is_refused(tmp_path):
+    run = tmp_path / "run"
+    with RunLock(run):
+        with pytest.raises(OutputError, match="in use by another fernoise process"):
+            train(_cfg(epochs=1), run, quiet=True, log=lambda _: None)
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("999999999")
+    train(_cfg(epochs=1), run, quiet=True, log=lambda _: None)
+    assert (run / "summary.json").is_file()
