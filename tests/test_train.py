@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 import fernoise.train as train_module
 from fernoise.checkpoint import load_checkpoint
 from fernoise.config import TrainConfig
-from fernoise.io import OutputError, RunLock
+from fernoise.io import OutputError
 from fernoise.train import TrainingError, train
 
 TINY = dict(train_limit=96, val_limit=64, image_size=32, batch_size=32, eval_batch_size=64, device="cpu")
@@ -76,25 +78,24 @@ def test_existing_run_is_not_overwritten(tmp_path):
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
 
 
-class _PoisonAfter(torch.nn.Module):
-    """Wraps a model so that its n-th training forward returns NaN logits."""
-
-    def __init__(self, model, n):
-        super().__init__()
-        self.model, self.n, self.calls = model, n, 0
-
-    def forward(self, x):
-        out = self.model(x)
-        if self.training:
-            self.calls += 1
-            if self.calls == self.n:
-                return out * float("nan")
-        return out
-
-
 def _poison(monkeypatch, n):
+    """Make the n-th training forward of the model that train() builds return NaN logits."""
     real = train_module.build_model
-    monkeypatch.setattr(train_module, "build_model", lambda **kw: _PoisonAfter(real(**kw), n))
+    calls = {"n": 0}
+
+    def hook(module, inputs, output):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == n:
+                return output * float("nan")
+        return output
+
+    def build(**kwargs):
+        model = real(**kwargs)
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build)
 
 
 def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
@@ -116,9 +117,19 @@ def test_non_finite_steps_can_be_skipped_and_counted(tmp_path, monkeypatch):
 
 def test_second_run_in_the_same_directory_is_refused(tmp_path):
     run = tmp_path / "run"
-    with RunLock(run):
-        with pytest.raises(OutputError, match="in use by another fernoise process"):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from fernoise.io import RunLock; import time; RunLock({str(run)!r}).acquire(); "
+         "print('locked', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputError, match=f"in use by another fernoise process \\(PID {holder.pid}\\)"):
             train(_cfg(epochs=1), run, quiet=True, log=lambda _: None)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (run / "metrics.csv").exists()
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):

@@ -69,9 +69,18 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: PathLike = "checkp
         model = build_model(**checkpoint["model"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: cannot rebuild the model {checkpoint['model']}: {exc}") from None
+    problem = ""
     try:
-        model.load_state_dict(checkpoint["state_dict"], strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()
-        raise CheckpointError(f"{source}: weights do not fit the model it describes: {' '.join(first[:3])}") from None
+        result = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        problem = f"{len(lines)} tensors of the wrong shape, e.g. {lines[0] if lines else exc}"
+    else:
+        if result.missing_keys or result.unexpected_keys:
+            problem = (
+                f"{len(result.missing_keys)} missing tensors (e.g. {result.missing_keys[:2]}), "
+                f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})"
+            )
+    if problem:
+        raise CheckpointError(f"{source}: weights do not fit the model it describes: {problem}")
     return model.eval()

@@ -139,10 +139,6 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
-def _fmt(value: Any) -> Any:
-    return f"{value:.6g}" if isinstance(value, float) else value
-
-
 class _Progress:
     """tqdm bar per epoch (loss, running F1, images/s), or nothing when quiet."""
 
@@ -236,7 +232,7 @@ def _train_locked(cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, log
             if controller.autorelus:
                 row["autorelu_w"] = autorelu_weight(model)
             order = METRIC_COLUMNS + [k for k in row if k not in METRIC_COLUMNS]
-            rows.append({k: _fmt(row[k]) for k in order})
+            rows.append({k: row[k] for k in order})
             for key, value in row.items():
                 if key != "epoch":
                     writer.add_scalar(key, value, epoch)
