@@ -37,7 +37,10 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--interval", type=int, help=f"periodic interval T (default {d.interval})")
     g.add_argument("--interval-unit", choices=["epoch", "step"], help="what T counts (default epoch, as in the paper)")
     g.add_argument("--position", choices=["bn1", "bn2", "sum", "all"], help="injection point in each block (default bn1)")
-    g.add_argument("--dropout", type=float, help=f"dropout probability of the dropout methods (default {d.dropout})")
+    g.add_argument("--dropout", type=float, help=f"dropout probability of the dropout methods (default {d.dropout}, as in Wide ResNets)")
+    g.add_argument("--autorelu-init", type=float, help=f"initial AutoReLU weight, in (0, 1) (default {d.autorelu_init})")
+    g.add_argument("--autorelu-constant", type=float, help=f"CliffReLU constant (default {d.autorelu_constant:g})")
+    g.add_argument("--nonfinite", choices=["stop", "skip"], help="on a non-finite loss: stop (default) or skip the step")
     g.add_argument("--model", help="resnet18 (default), resnet34, torchvision:<name> or timm:<name>")
     g.add_argument("--stem", choices=["imagenet", "small"], help="ResNet stem: imagenet 7x7/2 + max-pool (default) or small 3x3/1")
     g.add_argument("--image-size", type=int, help=f"face size in pixels (default {d.image_size})")
@@ -55,7 +58,7 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
 
 _OVERRIDES = [
     "epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler", "interval", "interval_unit", "position",
-    "dropout", "model", "stem", "image_size", "channels", "augment", "train_limit", "val_limit", "label_smoothing",
+    "dropout", "autorelu_init", "autorelu_constant", "nonfinite", "model", "stem", "image_size", "channels", "augment", "train_limit", "val_limit", "label_smoothing",
     "balanced_sampler", "class_weighted_loss", "data_format", "cache_dir", "device",
 ]
 

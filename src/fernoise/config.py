@@ -68,7 +68,7 @@ class TrainConfig:
     position: str = "bn1"
     interval: int = 3
     interval_unit: str = "epoch"
-    dropout: float = 0.5
+    dropout: float = 0.3
     autorelu_init: float = 0.1
     autorelu_constant: float = 6.0
     autorelu_sync: str = "global"

@@ -23,8 +23,10 @@ position     periodic (``SignFlip``, identity when off)   dynamic (``AutoReLU`` 
 into all units no better than none (section 4.3).
 
 Dropout for the paper's "+Dropout" variant sits between the two convolutions of
-every block (``drop``: element-wise ``nn.Dropout(p)`` after ``relu1``), the usual
-place for dropout inside a residual block; the stem and classifier are untouched.
+every block (``drop``: element-wise ``nn.Dropout(p)`` after ``relu1``), where Wide
+ResNets put it (Zagoruyko & Komodakis, 2016, who use p = 0.3, fernoise's default in
+training configs); the stem and classifier are untouched. The paper gives neither the
+place nor p.
 """
 from __future__ import annotations
 
