@@ -51,7 +51,8 @@ def test_invalid_values_are_refused(kwargs, message):
 
 
 def test_methods_map_to_noise_and_dropout():
-    assert (TrainConfig(method="dropout+periodic").noise, TrainConfig(method="dropout+periodic").dropout_p) == ("periodic", 0.5)
+    both = TrainConfig(method="dropout+periodic", dropout=0.4)
+    assert (both.noise, both.dropout_p) == ("periodic", 0.4)
     assert TrainConfig(method="periodic").dropout_p == 0.0
     assert TrainConfig(method="dynamic").noise == "dynamic"
 

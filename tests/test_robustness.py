@@ -135,6 +135,7 @@ def test_corrupt_or_foreign_checkpoint_on_resume_is_a_clear_error(tmp_path, refe
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "last.pt" in result.stderr
     assert ("not a fernoise checkpoint" if damage == "foreign" else "truncated or corrupt") in result.stderr
+    assert "arbitrary code" not in result.stderr
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):

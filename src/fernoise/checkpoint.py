@@ -44,6 +44,10 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint archive (truncated or corrupt, or a plain pickle, which is never loaded)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

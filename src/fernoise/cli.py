@@ -182,7 +182,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from fernoise.config import preset_path, reproduce
+    from fernoise.config import preset_path
+    from fernoise.reproduce import reproduce
 
     quick = args.data == "synthetic" and not args.config
     config_file = preset_path(args.config or ("quick" if quick else "paper"))
