@@ -3,26 +3,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import fernoise
 from PIL import Image
 
 TINY = ["--train-limit", "64", "--val-limit", "64", "--image-size", "32", "--batch-size", "32", "--quiet"]
-
-
-def fernoise(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    result = subprocess.run(
-        [sys.executable, "-m", "fernoise", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"fernoise {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
 
 
 def _metrics(run: Path) -> list[dict]:
