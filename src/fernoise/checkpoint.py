@@ -14,6 +14,7 @@ and, for resuming, ``optimizer``, ``scheduler``, ``noise`` (the schedule state),
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from fernoise.models import build_model
 
 FORMAT = "fernoise-checkpoint"
 VERSION = 1
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch colours parts of its messages
 
 
 class CheckpointError(RuntimeError):
@@ -51,11 +53,14 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused to load: it holds Python objects other than tensors and plain data, "
-            f"which could run code when unpickled ({str(exc).splitlines()[0]})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        culprit = re.search(r"GLOBAL (\S+)", _ANSI.sub("", str(exc)))
+        if culprit:
+            raise CheckpointError(
+                f"{path}: refused to load: it holds a Python object ({culprit.group(1)}) other than tensors and "
+                "plain data, which could run code when unpickled"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (its pickled data is corrupt)") from None
+    except Exception as exc:  # torch's reader raises many types on damaged data (IndexError, KeyError, ...)
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fernoise checkpoint (no '{FORMAT}' marker; from another program?)")

@@ -1,0 +1,124 @@
+"""Prediction speed on the CPU: a 1350x550 photo with one face, and pre-cropped faces.
+
+The photo is matplotlib's bundled sample portrait (``grace_hopper.jpg``) scaled to 400 px
+high and pasted into a 1350x550 grey canvas; its latency covers face detection (Haar
+cascade on a 640 px grey copy), cropping, preprocessing and classification. Pre-cropped
+faces are the 160x160 RGB face crop of that photo, resized and classified at batch 1 and
+64 (``predict_faces``), and, when onnxruntime is installed, the same face at batch 1 through
+the ONNX export (preprocessing included). The model is an untrained ResNet-18 (ImageNet
+stem) at 48x48, one channel: the speed does not depend on the weights.
+
+    python benchmarks/bench_predict.py [--threads 2] [--repeats 50]
+
+Needs an OpenCV with the Haar cascade (opencv-python-headless < 5).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+from matplotlib import cbook
+from PIL import Image
+
+from fernoise.checkpoint import save_checkpoint
+from fernoise.data import normalize
+from fernoise.models import build_model
+from fernoise.predict import Predictor, export_onnx
+
+CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
+
+
+def photo() -> np.ndarray:
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as img:
+        portrait = cv2.resize(np.asarray(img.convert("RGB")), (341, 400), interpolation=cv2.INTER_AREA)
+    canvas = np.full((550, 1350, 3), 120, np.uint8)
+    canvas[75:475, 500:841] = portrait
+    return canvas
+
+
+def timed_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median and best time of ``fn``; the best shows the cost without other jobs on a shared machine."""
+    for _ in range(3):
+        fn()  # warm-up: oneDNN kernels, allocator
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times), 1000 * min(times)
+
+
+def onnxruntime_ms(checkpoint: Path, predictor: Predictor, crop: np.ndarray, threads: int,
+                   repeats: int) -> tuple[float, float]:
+    """Batch-1 latency of the exported model in onnxruntime, preprocessing included."""
+    import onnxruntime
+
+    export_onnx(checkpoint, checkpoint.with_suffix(".onnx"))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(checkpoint.with_suffix(".onnx")), options,
+                                           providers=["CPUExecutionProvider"])
+
+    def run() -> np.ndarray:
+        face = torch.from_numpy(predictor.preprocess(Image.fromarray(crop))[None]).permute(0, 3, 1, 2)
+        return session.run(["logits"], {"faces": normalize(face, predictor.mean, predictor.std).numpy()})[0]
+
+    return timed_ms(run, repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+
+    kwargs = {"name": "resnet18", "num_classes": 7, "in_channels": 1, "stem": "imagenet"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.pt"
+        save_checkpoint(path, {"model": kwargs, "classes": CLASSES, "state_dict": build_model(**kwargs).state_dict(),
+                               "input": {"size": 48, "channels": 1, "mean": [0.5], "std": [0.25]}})
+        predictor = Predictor.from_checkpoint(path)
+        image = photo()
+        (face,) = predictor.predict(image)
+        x, y, w, h = face.box
+        crop = image[y:y + h, x:x + w]
+        jpeg = Path(tmp) / "photo.jpg"
+        Image.fromarray(image).save(jpeg, quality=90)
+
+        photo_ms = timed_ms(lambda: predictor.predict(image), args.repeats)
+        jpeg_ms = timed_ms(lambda: predictor.predict(jpeg), args.repeats)
+        detect_ms = timed_ms(lambda: predictor.detect(image), args.repeats)
+        batch1_ms = timed_ms(lambda: predictor.predict_faces([crop]), args.repeats)
+        batch64_ms = tuple(t / 64 for t in timed_ms(lambda: predictor.predict_faces([crop] * 64), args.repeats // 5 + 5))
+        try:
+            ort_ms: tuple[float, float] | None = onnxruntime_ms(path, predictor, crop, args.threads, args.repeats)
+        except ImportError:
+            ort_ms = None
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"OpenCV {cv2.__version__}, {args.threads} thread(s), load average {os.getloadavg()[0]:.2f}")
+    print(f"face found at {face.box}; times in ms: median (best) of repeated runs")
+    rows = [
+        ("1350x550 photo, one face (array in memory), target < 60", photo_ms),
+        ("  of which face detection", detect_ms),
+        ("1350x550 photo from a JPEG file", jpeg_ms),
+        ("pre-cropped face, batch 1, target < 5", batch1_ms),
+        ("pre-cropped faces, batch 64, per face", batch64_ms),
+    ] + ([("pre-cropped face, batch 1, ONNX Runtime", ort_ms)] if ort_ms else [])
+    for name, (median, best) in rows:
+        print(f"{name:<58} {median:8.2f} ({best:.2f})")
+
+
+if __name__ == "__main__":
+    main()
