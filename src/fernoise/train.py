@@ -275,7 +275,19 @@ def _train_locked(cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, log
     return summary
 
 
-def _train_epoch(cfg, epoch, model, optimizer, controller, augment, criterion, data, generator, device, quiet) -> dict:
+def _train_epoch(
+    cfg: TrainConfig,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    controller: NoiseController,
+    augment: Augmenter,
+    criterion: nn.Module,
+    data: _Data,
+    generator: torch.Generator,
+    device: torch.device,
+    quiet: bool,
+) -> dict[str, Any]:
     model.train()
     controller.start_epoch()
     batches = iterate_batches(
@@ -329,7 +341,18 @@ def _train_epoch(cfg, epoch, model, optimizer, controller, augment, criterion, d
     return row
 
 
-def _resume(last_path, out, cfg, packed, model, optimizer, scheduler, controller, generator, device):
+def _resume(
+    last_path: Path,
+    out: Path,
+    cfg: TrainConfig,
+    packed: PackedData,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler],
+    controller: NoiseController,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
     try:
         state = load_checkpoint(last_path)
     except CheckpointError as exc:
@@ -353,7 +376,15 @@ def _resume(last_path, out, cfg, packed, model, optimizer, scheduler, controller
     return state["epoch"] + 1, state["best"], list(state["metrics"])
 
 
-def _summarise(cfg, rows, best, best_path, packed, augment, device) -> dict[str, Any]:
+def _summarise(
+    cfg: TrainConfig,
+    rows: list[dict[str, Any]],
+    best: dict[str, Any],
+    best_path: Path,
+    packed: PackedData,
+    augment: Augmenter,
+    device: torch.device,
+) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "method": cfg.method,
         "seed": cfg.seed,
