@@ -161,6 +161,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = resolve_config(config_file, data=args.data, method=args.method, seed=args.seed, **_overrides(args))
         out = Path(args.out or f"runs/{cfg.method}-seed{cfg.seed}")
     summary = train(cfg, out, resume=bool(args.resume), quiet=args.quiet)
+    if not summary:  # a torchrun worker other than rank 0
+        return 0
     line = f"best val F1 {summary['best_val_f1']:.4f} at epoch {summary['best_epoch']}"
     if "test_f1" in summary:
         line += f"; test F1 {summary['test_f1']:.4f}, accuracy {summary['test_acc']:.4f}"

@@ -4,9 +4,10 @@ from __future__ import annotations
 from fernoise.checkpoint import CheckpointError
 from fernoise.config import ConfigError
 from fernoise.data.classes import DataError
+from fernoise.distributed import DeviceError
 from fernoise.io import OutputError
 from fernoise.train import TrainingError
 
 # ValueError and OSError cover argument checks in library code and files the user named;
 # FERNOISE_DEBUG=1 shows the traceback anyway.
-USER_ERRORS = (DataError, ConfigError, CheckpointError, TrainingError, OutputError, ValueError, OSError)
+USER_ERRORS = (DataError, DeviceError, ConfigError, CheckpointError, TrainingError, OutputError, ValueError, OSError)

@@ -16,6 +16,7 @@ from torch import nn
 
 from fernoise.checkpoint import load_checkpoint, model_from_checkpoint
 from fernoise.data import Augmenter, iterate_batches, load_data
+from fernoise.distributed import resolve_device
 from fernoise.io import PathLike, write_bytes_atomic, write_text_atomic
 from fernoise.metrics import classification_scores
 
@@ -90,8 +91,6 @@ def evaluate_checkpoint(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score a checkpoint on a split of any data set, matching classes by name."""
-    from fernoise.train import resolve_device
-
     checkpoint = load_checkpoint(checkpoint_path)
     model_classes = list(checkpoint["classes"])
     spec = checkpoint["input"]

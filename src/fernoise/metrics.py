@@ -141,6 +141,13 @@ class RunningF1:
         batch = torch.bincount(flat, minlength=k * k + 1)
         self._counts = batch if self._counts is None else self._counts + batch.to(self._counts.device)
 
+    def all_reduce_(self) -> "RunningF1":
+        """Sum the counts over the processes of a torch.distributed job (DDP training)."""
+        if self._counts is None:
+            self._counts = torch.zeros(self.num_classes**2 + 1, dtype=torch.int64)
+        torch.distributed.all_reduce(self._counts)
+        return self
+
     @property
     def confusion(self) -> np.ndarray:
         """Counts so far, rows = true class; raises if any update held an out-of-range index."""

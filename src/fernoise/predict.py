@@ -576,7 +576,7 @@ def _count(n: int, noun: str) -> str:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from fernoise.cli import EXIT_ERROR
-    from fernoise.train import resolve_device
+    from fernoise.distributed import resolve_device
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=resolve_device(args.device), detector=args.detector,
                                           margin=args.margin, batch_size=args.batch_size)

@@ -24,7 +24,8 @@ from torch import nn
 
 from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fernoise.config import TrainConfig
-from fernoise.data import Augmenter, PackedData, class_weights, iterate_batches, load_data
+from fernoise.data import Augmenter, PackedData, class_weights, iterate_batches, load_data, num_batches
+from fernoise.distributed import Distributed, init_distributed
 from fernoise.evaluate import evaluate_arrays
 from fernoise.io import PathLike, RunLock, write_text_atomic
 from fernoise.metrics import RunningF1
@@ -45,14 +46,6 @@ class _Data:
     train_labels: np.ndarray
     val_images: np.ndarray
     val_labels: np.ndarray
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for but no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _subset(images: np.ndarray, labels: np.ndarray, limit: Optional[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,27 +163,51 @@ def train(
     quiet: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train one run; return its summary (also written to ``summary.json``)."""
+    """Train one run; return its summary (also written to ``summary.json``).
+
+    Under torchrun every process calls this; only rank 0 locks and writes ``out_dir``.
+    """
     out = Path(out_dir)
-    with RunLock(out):
-        return _train_locked(cfg, out, resume=resume, quiet=quiet, log=log)
+    ddp, device = init_distributed(cfg.device)
+    try:
+        if not ddp.is_main:
+            return _train_locked(cfg, out, ddp, device, resume=resume, quiet=True, log=lambda _: None)
+        with RunLock(out):
+            return _train_locked(cfg, out, ddp, device, resume=resume, quiet=quiet, log=log)
+    finally:
+        ddp.close()
 
 
-def _train_locked(cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def _train_locked(
+    cfg: TrainConfig,
+    out: Path,
+    ddp: Distributed,
+    device: torch.device,
+    *,
+    resume: bool,
+    quiet: bool,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     ckpt_dir = out / "checkpoints"
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     if not resume and (last_path.exists() or (out / "metrics.csv").exists()):
         raise TrainingError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+    if cfg.batch_size % ddp.world_size:
+        raise TrainingError(f"batch size {cfg.batch_size} does not divide among {ddp.world_size} processes")
 
-    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
+    if not ddp.is_main:
+        ddp.barrier()  # rank 0 builds the cache first
     data = prepare_data(cfg, progress=not quiet)
+    if ddp.is_main:
+        ddp.barrier()
     packed = data.packed
     if len(data.train_labels) == 0 or len(data.val_labels) == 0:
         raise TrainingError(f"{cfg.data}: the train and val splits must both hold images")
     num_classes = len(packed.classes)
 
     model = build_model(**model_kwargs(cfg, packed)).to(device)
+    net = ddp.wrap(model, device)  # converts BatchNorm in place on GPUs; model stays the plain network
     optimizer = _optimizer(cfg, model)
     scheduler = _scheduler(cfg, optimizer)
     schedule = PeriodicSchedule(cfg.interval, cfg.interval_unit) if cfg.noise == "periodic" else None
@@ -207,11 +224,12 @@ def _train_locked(cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, log
         log(f"resuming {out} after epoch {start_epoch - 1}")
     elif resume:
         log(f"{out}: no epoch had finished, starting from the beginning")
-    write_text_atomic(out / "config.yaml", cfg.to_yaml())
+    writer = None
+    if ddp.is_main:
+        write_text_atomic(out / "config.yaml", cfg.to_yaml())
+        from torch.utils.tensorboard import SummaryWriter
 
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(out), purge_step=start_epoch)
+        writer = SummaryWriter(str(out), purge_step=start_epoch)
     checkpoint_base = {
         "model": model_kwargs(cfg, packed),
         "classes": list(packed.classes),
@@ -221,7 +239,7 @@ def _train_locked(cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, log
     }
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
-            row = _train_epoch(cfg, epoch, model, optimizer, controller, augment, criterion, data, generator, device, quiet)
+            row = _train_epoch(cfg, epoch, net, optimizer, controller, augment, criterion, data, generator, device, ddp, quiet)
             val = evaluate_arrays(
                 model, data.val_images, data.val_labels, num_classes, augment, device, cfg.eval_batch_size, cfg.tta_flip
             )
@@ -233,10 +251,6 @@ def _train_locked(cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, log
                 row["autorelu_w"] = autorelu_weight(model)
             order = METRIC_COLUMNS + [k for k in row if k not in METRIC_COLUMNS]
             rows.append({k: row[k] for k in order})
-            for key, value in row.items():
-                if key != "epoch":
-                    writer.add_scalar(key, value, epoch)
-            writer.flush()
 
             if not all(torch.isfinite(p).all() for p in model.parameters()):
                 raise TrainingError(
@@ -257,6 +271,12 @@ def _train_locked(cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, log
                 "best": best,
                 "metrics": rows,
             }
+            if not ddp.is_main:
+                continue
+            for key, value in row.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, epoch)
+            writer.flush()
             # best.pt first: a crash between the two writes then only repeats this epoch on resume.
             if is_best:
                 save_checkpoint(best_path, state)
@@ -268,8 +288,11 @@ def _train_locked(cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, log
                 f"val F1 {val['macro_f1']:.4f}  acc {val['accuracy']:.4f}{noise}  {row['seconds']:.1f}s"
             )
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
+    if not ddp.is_main:
+        return {}
     summary = _summarise(cfg, rows, best, best_path, packed, augment, device)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -286,15 +309,17 @@ def _train_epoch(
     data: _Data,
     generator: torch.Generator,
     device: torch.device,
+    ddp: Distributed,
     quiet: bool,
 ) -> dict[str, Any]:
     model.train()
     controller.start_epoch()
+    local_batch = cfg.batch_size // ddp.world_size
     batches = iterate_batches(
-        data.train_images, data.train_labels, cfg.batch_size,
-        shuffle=True, generator=generator, balanced=cfg.balanced_sampler, device=device,
+        data.train_images, data.train_labels, local_batch, shuffle=True, generator=generator,
+        balanced=cfg.balanced_sampler, rank=ddp.rank, world_size=ddp.world_size, device=device,
     )
-    total = math.ceil(len(data.train_labels) / cfg.batch_size)
+    total = num_batches(len(data.train_labels), local_batch, world_size=ddp.world_size)
     progress = _Progress(quiet, total, epoch, cfg.epochs)
     running = RunningF1(len(data.packed.classes))
     loss_sum, seen, skipped = 0.0, 0, 0
@@ -306,6 +331,8 @@ def _train_epoch(
             logits = model(inputs)
             loss = criterion(logits, labels)
             loss_value = float(loss.detach())
+            if ddp.enabled:  # every rank must take the same branch below
+                loss_value = float(ddp.sum_(torch.tensor([loss_value], device=device)).item())
             if not math.isfinite(loss_value):
                 if cfg.nonfinite == "skip":
                     skipped += 1
@@ -319,7 +346,7 @@ def _train_epoch(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss_value * len(labels)
+            loss_sum += loss_value / ddp.world_size * len(labels)
             seen += len(labels)
             running.update(logits.detach().argmax(1), labels)
             if step % 10 == 1 or step == total:  # the running F1 costs a device sync
@@ -327,6 +354,9 @@ def _train_epoch(
             progress.update()
     finally:
         progress.close()
+    if ddp.enabled:
+        loss_sum, seen = (float(v) for v in ddp.sum_(torch.tensor([loss_sum, seen], dtype=torch.float64)))
+        running.all_reduce_()
     if seen == 0:
         raise TrainingError(f"every training step of epoch {epoch} had a non-finite loss; nothing was learned")
     row: dict[str, Any] = {
