@@ -182,3 +182,22 @@ def test_same_seed_same_metrics_and_other_seed_differs(tmp_path):
         train(TrainConfig(seed=seed, **kwargs), tmp_path / name, quiet=True, log=lambda _: None)
     assert _without_seconds(tmp_path / "a") == _without_seconds(tmp_path / "b")
     assert _without_seconds(tmp_path / "a") != _without_seconds(tmp_path / "c")
+
+
+def test_resume_refuses_a_checkpoint_whose_classes_differ_from_the_data(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "faces"
+    for split in ("train", "val"):
+        for name in ("happy", "sad"):
+            (data / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.new("L", (32, 32), color=40 * i).save(data / split / name / f"{i}.png")
+    cfg = dict(data=str(data), image_size=32, batch_size=8, device="cpu", cache_dir=str(tmp_path / "cache"))
+    train(TrainConfig(epochs=1, **cfg), tmp_path / "run", quiet=True, log=lambda _: None)
+    for split in ("train", "val"):  # the data set gains a class after the checkpoint was written
+        (data / split / "anger").mkdir()
+        for i in range(4):
+            Image.new("L", (32, 32), color=30 * i).save(data / split / "anger" / f"{i}.png")
+    with pytest.raises(TrainingError, match=r"classes \['happy', 'sad'\] but the data now has"):
+        train(TrainConfig(epochs=2, **cfg), tmp_path / "run", resume=True, quiet=True, log=lambda _: None)
