@@ -180,3 +180,17 @@ def test_build_model_from_other_libraries():
         build_model("nonsense", 7)
     with pytest.raises(ValueError, match="own ResNets"):
         build_model("torchvision:resnet18", 7, dropout=0.5)
+
+
+@pytest.mark.parametrize("noise", ["none", "periodic", "dynamic"])
+def test_folding_batchnorm_keeps_the_eval_output(noise):
+    from fernoise.models import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 7, noise=noise, position="all" if noise != "dynamic" else "sum")
+    _randomise_bn(model)
+    x = torch.randn(2, 3, 64, 64)
+    expected = model.eval()(x)
+    folded = fold_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert torch.allclose(folded(x), expected, atol=1e-4)

@@ -403,3 +403,26 @@ def inject_noise(
             )
         _insert_after_bn(bn, injector)
     return chosen
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold each BatchNorm of fernoise's ResNet into the convolution before it, for inference.
+
+    Only valid in eval mode (BatchNorm then is a fixed affine map); the injection points
+    sit after the BatchNorm and keep working on the folded output. Other networks are
+    returned unchanged. Works in place and returns ``model`` in eval mode.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model.eval()
+    if not isinstance(model, ResNet):
+        return model
+    model.conv1, model.bn1 = fuse_conv_bn_eval(model.conv1, model.bn1), nn.Identity()
+    for module in model.modules():
+        if isinstance(module, BasicBlock):
+            module.conv1, module.bn1 = fuse_conv_bn_eval(module.conv1, module.bn1), nn.Identity()
+            module.conv2, module.bn2 = fuse_conv_bn_eval(module.conv2, module.bn2), nn.Identity()
+            if module.downsample is not None:
+                module.downsample = fuse_conv_bn_eval(module.downsample[0], module.downsample[1])
+    return model

@@ -34,6 +34,7 @@ from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_che
 from fernoise.data import normalize
 from fernoise.data.formats import to_8bit
 from fernoise.io import PathLike, write_bytes_atomic, write_text_atomic
+from fernoise.models import fold_batchnorm
 
 __all__ = [
     "Face", "Prediction", "Predictor", "PredictError", "HaarFaceDetector", "load_image", "find_inputs",
@@ -291,8 +292,9 @@ class Predictor:
         self.size, self.channels, self.mean, self.std = _input_spec(input_spec, "model")
         self.classes = [str(c) for c in classes]
         self.device = torch.device(device)
-        # Channels-last weights let oneDNN pick faster convolutions on the CPU: about 2x at batch 1.
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        # Channels-last weights let oneDNN pick faster convolutions on the CPU: about 2x at batch 1;
+        # folding BatchNorm into the convolutions removes a pass per unit.
+        self.model = fold_batchnorm(model).to(self.device, memory_format=torch.channels_last)
         self.detector = HaarFaceDetector() if detector == "opencv" else None
         self.margin, self.batch_size = float(margin), int(batch_size)
 
