@@ -4,8 +4,8 @@ The photo is matplotlib's bundled sample portrait (``grace_hopper.jpg``) scaled 
 high and pasted into a 1350x550 grey canvas; its latency covers face detection (Haar
 cascade on a 640 px grey copy), cropping, preprocessing and classification. Pre-cropped
 faces are the 160x160 RGB face crop of that photo, resized and classified at batch 1 and
-64 (``predict_faces``), and, when onnxruntime is installed, the same face at batch 1 through
-the ONNX export (preprocessing included). The model is an untrained ResNet-18 (ImageNet
+64 (``predict_faces``), and, when onnxruntime is installed, the same face at batch 1 with
+``Predictor(engine="onnx")`` (preprocessing included). The model is an untrained ResNet-18 (ImageNet
 stem) at 48x48, one channel: the speed does not depend on the weights.
 
     python benchmarks/bench_predict.py [--threads 2] [--repeats 50]
@@ -30,9 +30,8 @@ from matplotlib import cbook
 from PIL import Image
 
 from fernoise.checkpoint import save_checkpoint
-from fernoise.data import normalize
 from fernoise.models import build_model
-from fernoise.predict import Predictor, export_onnx
+from fernoise.predict import PredictError, Predictor
 
 CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
 
@@ -55,24 +54,6 @@ def timed_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
         fn()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times), 1000 * min(times)
-
-
-def onnxruntime_ms(checkpoint: Path, predictor: Predictor, crop: np.ndarray, threads: int,
-                   repeats: int) -> tuple[float, float]:
-    """Batch-1 latency of the exported model in onnxruntime, preprocessing included."""
-    import onnxruntime
-
-    export_onnx(checkpoint, checkpoint.with_suffix(".onnx"))
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(str(checkpoint.with_suffix(".onnx")), options,
-                                           providers=["CPUExecutionProvider"])
-
-    def run() -> np.ndarray:
-        face = torch.from_numpy(predictor.preprocess(Image.fromarray(crop))[None]).permute(0, 3, 1, 2)
-        return session.run(["logits"], {"faces": normalize(face, predictor.mean, predictor.std).numpy()})[0]
-
-    return timed_ms(run, repeats)
 
 
 def main() -> None:
@@ -102,8 +83,9 @@ def main() -> None:
         batch1_ms = timed_ms(lambda: predictor.predict_faces([crop]), args.repeats)
         batch64_ms = tuple(t / 64 for t in timed_ms(lambda: predictor.predict_faces([crop] * 64), args.repeats // 5 + 5))
         try:
-            ort_ms: tuple[float, float] | None = onnxruntime_ms(path, predictor, crop, args.threads, args.repeats)
-        except ImportError:
+            fast = Predictor.from_checkpoint(path, engine="onnx")
+            ort_ms: tuple[float, float] | None = timed_ms(lambda: fast.predict_faces([crop]), args.repeats)
+        except PredictError:  # onnxruntime not installed
             ort_ms = None
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -115,7 +97,7 @@ def main() -> None:
         ("1350x550 photo from a JPEG file", jpeg_ms),
         ("pre-cropped face, batch 1, target < 5", batch1_ms),
         ("pre-cropped faces, batch 64, per face", batch64_ms),
-    ] + ([("pre-cropped face, batch 1, ONNX Runtime", ort_ms)] if ort_ms else [])
+    ] + ([("pre-cropped face, batch 1, engine='onnx', target < 5", ort_ms)] if ort_ms else [])
     for name, (median, best) in rows:
         print(f"{name:<58} {median:8.2f} ({best:.2f})")
 

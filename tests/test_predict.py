@@ -330,3 +330,17 @@ def test_export_explains_missing_packages(tmp_path, checkpoint, monkeypatch):
     with pytest.raises(PredictError, match="onnxscript"):
         export_onnx(checkpoint, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("noise", ["none", "dynamic"])
+def test_onnx_engine_gives_the_same_probabilities_as_torch(tmp_path, noise):
+    pytest.importorskip("onnxruntime")
+    path = make_checkpoint(tmp_path / "m.pt", noise=noise)
+    faces = list(synthetic_faces(5))
+    torch_faces = Predictor.from_checkpoint(path, detector="none").predict_faces(faces)
+    onnx_faces = Predictor.from_checkpoint(path, detector="none", engine="onnx").predict_faces(faces)
+    for a, b in zip(torch_faces, onnx_faces):
+        assert a.label == b.label
+        assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) < 1e-4
+    with pytest.raises(PredictError, match="engine"):
+        Predictor.from_checkpoint(path, detector="none", engine="tensorrt")
