@@ -196,3 +196,35 @@ def test_adam_weight_decay_drives_autorelu_weight_across_zero():
         loss.backward()
         optimizer.step()
     assert signs[0] is False and True in signs, f"w never became negative: {autorelu_weight(model)}"
+
+
+def test_schedule_and_autorelu_weights_round_trip_through_a_checkpoint(tmp_path):
+    from fernoise.checkpoint import load_checkpoint, save_checkpoint
+
+    model = build_model("resnet18", 7, noise="periodic", stem="small", in_channels=1)
+    controller = NoiseController(model, PeriodicSchedule(3, unit="step"))
+    for _ in range(4):
+        controller.start_step()
+    dynamic = build_model("resnet18", 7, noise="dynamic", stem="small", in_channels=1)
+    for unit in dynamic.modules():
+        if isinstance(unit, AutoReLU):
+            unit.weight.data.uniform_(-0.5, 0.5)
+    save_checkpoint(tmp_path / "c.pt", {"model": {}, "classes": [], "input": {}, "state_dict": dynamic.state_dict(),
+                                        "noise": controller.state_dict()})
+    state = load_checkpoint(tmp_path / "c.pt")
+
+    restored = NoiseController(build_model("resnet18", 7, noise="periodic", stem="small", in_channels=1),
+                               PeriodicSchedule(1))
+    restored.load_state_dict(state["noise"])
+    assert restored.noise_on == controller.noise_on
+    ahead = []
+    for ctl in (controller, restored):
+        steps = []
+        for _ in range(7):
+            ctl.start_step()
+            steps.append(ctl.noise_on)
+        ahead.append(steps)
+    assert ahead[0] == ahead[1] == PINNED[3][4:11]  # steps 5-11 of the T=3 sequence
+    fresh = build_model("resnet18", 7, noise="dynamic", stem="small", in_channels=1)
+    fresh.load_state_dict(state["state_dict"])
+    assert autorelu_weight(fresh) == pytest.approx(autorelu_weight(dynamic))
