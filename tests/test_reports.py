@@ -128,7 +128,7 @@ def test_write_report_writes_everything(full_grid: Path, tmp_path: Path):
     assert "| Method | seed | epochs | best val F1 (epoch) | wall time | directory |\n|---|---|---|---|---|---|\n" in report
     assert "`../runs/baseline-s2`" in report  # run list with relative directory
     wall = float(np.loadtxt(full_grid / "baseline-s2" / "metrics.csv", delimiter=",", skiprows=1)[:, 7].sum())
-    assert f"| ResNet-18 | 2 | 5 | " in report
+    assert "| ResNet-18 | 2 | 5 | " in report
     minutes, seconds = divmod(int(round(wall)), 60)
     assert f"{minutes}m {seconds:02d}s" in report
     # Dropout+Periodic has no seed 2 -> its comparison uses two pairs.

@@ -17,7 +17,7 @@ from torch import nn
 from fernoise.checkpoint import load_checkpoint, model_from_checkpoint
 from fernoise.data import Augmenter, iterate_batches, load_data
 from fernoise.distributed import resolve_device
-from fernoise.io import PathLike, write_bytes_atomic, write_text_atomic
+from fernoise.io import PathLike, write_text_atomic
 from fernoise.metrics import classification_scores
 
 

@@ -46,7 +46,7 @@ def reproduce(
     command: Optional[str] = None,
 ) -> Path:
     """Train (or reuse) every method x seed and write the report; return ``report.md``'s path."""
-    from fernoise.reports import load_run, write_report
+    from fernoise.reports import load_runs, write_report
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -66,7 +66,7 @@ def reproduce(
             resume = (run_dir / "checkpoints" / "last.pt").is_file()
             log(f"[{run_dir.name}] {'resuming' if resume else 'training'}")
             train(cfg, run_dir, resume=resume, quiet=quiet, log=lambda msg, name=run_dir.name: log(f"[{name}] {msg}"))
-    runs = [load_run(d) for d in run_dirs]
+    runs = load_runs(run_dirs)
     command = command or "fernoise " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     cfg0 = resolve_config(config_file, **{**(overrides or {}), "data": data})
     description = (
