@@ -21,16 +21,6 @@ from fernoise.io import PathLike, write_text_atomic
 from fernoise.metrics import classification_scores
 
 
-def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """Grey to colour by repetition, colour to grey by ITU-R 601 luma (as Pillow's "L")."""
-    if images.shape[1] == channels:
-        return images
-    if channels == 3:
-        return images.expand(-1, 3, -1, -1)
-    luma = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
-    return (images.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-
-
 @torch.no_grad()
 def predict_arrays(
     model: nn.Module,
@@ -39,15 +29,16 @@ def predict_arrays(
     device: torch.device,
     batch_size: int = 256,
     tta_flip: bool = False,
-    channels: Optional[int] = None,
 ) -> torch.Tensor:
-    """Logits (on the CPU) for uint8 (N, H, W, C) images, in order, in eval mode."""
+    """Logits (on the CPU) for uint8 (N, H, W, C) images, in order, in eval mode.
+
+    ``augment`` resizes and converts grey/colour to the model's channels, so images of
+    another data set can be scored as they are.
+    """
     model.eval()
     outputs = []
     dummy = np.zeros(len(images), dtype=np.int64)
     for batch, _ in iterate_batches(images, dummy, batch_size, shuffle=False, device=device):
-        if channels is not None:
-            batch = match_channels(batch, channels)
         inputs = augment(batch, train=False)
         logits = model(inputs)
         if tta_flip:
@@ -66,10 +57,9 @@ def evaluate_arrays(
     batch_size: int = 256,
     tta_flip: bool = False,
     class_names: Optional[list[str]] = None,
-    channels: Optional[int] = None,
 ) -> dict[str, Any]:
     """Loss, macro-F1, accuracy and per-class scores of ``model`` on labelled arrays."""
-    logits = predict_arrays(model, images, augment, device, batch_size, tta_flip, channels)
+    logits = predict_arrays(model, images, augment, device, batch_size, tta_flip)
     targets = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     loss = float(nn.functional.cross_entropy(logits, targets)) if len(targets) else float("nan")
     names = class_names or [str(i) for i in range(num_classes)]
@@ -113,7 +103,7 @@ def evaluate_checkpoint(
     augment = Augmenter("none", spec["size"], spec["channels"], spec["mean"], spec["std"]).to(torch_device)
     scores = evaluate_arrays(
         model, images, mapped, len(model_classes), augment, torch_device, batch_size, tta_flip,
-        class_names=model_classes, channels=spec["channels"],
+        class_names=model_classes,
     )
     scores.update(
         checkpoint=str(checkpoint_path),
