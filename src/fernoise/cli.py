@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -56,15 +57,10 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default auto)")
 
 
-_OVERRIDES = [
-    "epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler", "interval", "interval_unit", "position",
-    "dropout", "autorelu_init", "autorelu_constant", "nonfinite", "model", "stem", "image_size", "channels", "augment", "train_limit", "val_limit", "label_smoothing",
-    "balanced_sampler", "class_weighted_loss", "data_format", "cache_dir", "device",
-]
-
-
 def _overrides(args: argparse.Namespace) -> dict:
-    return {key: getattr(args, key) for key in _OVERRIDES}
+    """The TrainConfig fields given as flags (None: not given); data, method and seed are passed apart."""
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("data", "method", "seed")]
+    return {name: getattr(args, name) for name in fields if hasattr(args, name)}
 
 
 def _build_parser() -> argparse.ArgumentParser:
