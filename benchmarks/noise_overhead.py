@@ -5,7 +5,7 @@ Target (issue 2): at most 3% overhead on the CPU and on a GPU.
     python benchmarks/noise_overhead.py [--device cpu|cuda] [--stem imagenet|small] [--repeats 30]
 
 The variants are timed round-robin (one step of each in turn) so that drifts of
-the machine's speed hit all of them alike; the median step time is reported.
+the machine's speed hit all of them alike; the median of the per-round ratios is reported.
 """
 from __future__ import annotations
 
@@ -62,13 +62,15 @@ def main() -> None:
             elapsed = step(*parts)
             if i >= 3:  # warm-up
                 times[label].append(elapsed)
-    base = statistics.median(times["none"])
+    # Ratios are taken within each round (one step of every variant), so that the
+    # machine's drifts cancel; the median and quartiles of those ratios are shown.
     print(f"device {device}, stem {args.stem}, batch {args.batch_size}, {args.size}x{args.size}, "
-          f"threads {torch.get_num_threads()}, {args.repeats} steps each")
-    print(f"{'variant':<14} {'median ms':>10} {'ratio':>7}")
+          f"threads {torch.get_num_threads()}, {args.repeats} rounds")
+    print(f"{'variant':<14} {'median ms':>10} {'ratio':>7} {'quartiles':>15}")
     for label, values in times.items():
-        median = statistics.median(values)
-        print(f"{label:<14} {median * 1e3:10.2f} {median / base:7.3f}")
+        ratios = [v / b for v, b in zip(values, times["none"])]
+        q1, median, q3 = statistics.quantiles(ratios, n=4)
+        print(f"{label:<14} {statistics.median(values) * 1e3:10.2f} {median:7.3f} {q1:7.3f}-{q3:.3f}")
 
 
 if __name__ == "__main__":
