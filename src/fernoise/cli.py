@@ -55,6 +55,13 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--format", dest="data_format", help="data layout, when detection is not wanted")
     g.add_argument("--cache-dir", help="where prepared caches live (default $FERNOISE_CACHE or ~/.cache/fernoise)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default auto)")
+    f = parser.add_argument_group("speed options (same results up to rounding)")
+    f.add_argument("--precision", choices=["fp32", "bf16"], help="autocast precision of the forward pass (default fp32)")
+    f.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory layout for model and batches")
+    f.add_argument("--capture", action="store_true", default=None,
+                   help="record the whole train step in a CUDA graph and replay it (CUDA only)")
+    f.add_argument("--data-on-device", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the training images in device memory (default: on a GPU when they fit)")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -114,6 +121,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(PAPER_METHODS), help="methods to run")
     r.add_argument("--seeds", type=int, help="number of seeds (default 2 in quick mode, else 3)")
     r.add_argument("--out", help="output directory (default runs/reproduce-<data name>)")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, in separate processes sharing the device(s) (default 1)")
     r.add_argument("--quiet", action="store_true")
     _train_options(r)
 
@@ -189,7 +198,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/reproduce-{_data_name(args.data)}")
     report = reproduce(
         out, data=args.data, methods=args.methods, seeds=seeds, config_file=config_file,
-        overrides=_overrides(args), quiet=args.quiet,
+        overrides=_overrides(args), quiet=args.quiet, jobs=args.jobs,
     )
     print(f"report written to {report}")
     return 0

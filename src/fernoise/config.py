@@ -81,6 +81,11 @@ class TrainConfig:
     momentum: float = 0.9
     scheduler: str = "none"
     nonfinite: str = "stop"
+    # speed (fernoise.step): autocast precision, memory layout, CUDA-graph capture, data in device memory
+    precision: str = "fp32"
+    channels_last: bool = False
+    capture: bool = False
+    data_on_device: Optional[bool] = None
     # run
     seed: int = 0
     device: str = "auto"
@@ -102,6 +107,7 @@ class TrainConfig:
             "nonfinite": ("stop", "skip"),
             "device": ("auto", "cpu", "cuda"),
             "augment": ("none", "paper", "fer"),
+            "precision": ("fp32", "bf16"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -118,6 +124,11 @@ class TrainConfig:
             raise ConfigError(f"val_fraction: must lie in (0, 1), got {self.val_fraction}")
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels: must be 1 or 3 (or unset for automatic), got {self.channels}")
+        if self.capture and self.nonfinite == "skip":
+            raise ConfigError("capture: a step recorded in a CUDA graph cannot skip non-finite losses; "
+                              "use nonfinite: stop or capture: false")
+        if self.capture and self.device == "cpu":
+            raise ConfigError("capture: CUDA graphs need a CUDA device; set capture: false for device: cpu")
         if self.noise == "dynamic" and self.position == "bn2":
             raise ConfigError("position: dynamic injection replaces a ReLU and none follows bn2; use bn1, sum or all")
 
@@ -134,6 +145,19 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Options that change how fast a run goes but not what it computes.
+SPEED_ONLY = ("device", "capture", "data_on_device")
+
+
+def config_changes(saved: dict[str, Any], cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved, now)}`` for every setting that differs; keys a saved run predates count as defaults."""
+    defaults = TrainConfig().to_dict()
+    now = cfg.to_dict()
+    keys = (set(saved) | set(now)) - set(ignore)
+    return {k: (saved.get(k, defaults.get(k)), now.get(k)) for k in sorted(keys)
+            if saved.get(k, defaults.get(k)) != now.get(k)}
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

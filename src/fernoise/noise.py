@@ -99,23 +99,43 @@ def sign_flip(x: torch.Tensor, active: bool, training: bool = True) -> torch.Ten
     return -x if (active and training) else x
 
 
+def _in_captured_region(x: torch.Tensor) -> bool:
+    """True while torch.compile traces or a CUDA graph records: Python branches would be frozen."""
+    return torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 class SignFlip(nn.Module):
     """Injection point of the periodic method, placed right after a BatchNorm.
 
-    ``active`` is set by :class:`NoiseController` (or :func:`set_sign_flip`);
-    the module has no parameters or buffers, so it does not change a model's
-    ``state_dict``.
+    ``active`` is set by :class:`NoiseController` (or :func:`set_sign_flip`). Eagerly
+    the flag is a Python branch (free when off); inside a CUDA graph or a compiled
+    graph the module multiplies by ``sign``, a device tensor (+1 or -1) that setting
+    ``active`` refills, so the recorded graph follows the schedule without being
+    recorded again. ``sign`` is not persistent: the module leaves a model's
+    ``state_dict`` unchanged.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.active = False
+        self.register_buffer("sign", torch.ones(()), persistent=False)
+        self._active = False
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @active.setter
+    def active(self, on: bool) -> None:
+        self._active = bool(on)
+        self.sign.fill_(-1.0 if on else 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sign_flip(x, self.active, self.training)
+        if self.training and _in_captured_region(x):
+            return x * self.sign
+        return sign_flip(x, self._active, self.training)
 
     def extra_repr(self) -> str:
-        return f"active={self.active}"
+        return f"active={self._active}"
 
 
 def set_sign_flip(model: nn.Module, active: bool) -> None:
@@ -360,14 +380,26 @@ class NoiseController:
             self._set_periodic(self.schedule.advance())
 
     def start_step(self) -> None:
+        """Everything before one training forward pass: :meth:`tick`, :meth:`sync`, :meth:`count`."""
+        self.tick()
+        self.count(self.sync())
+
+    def tick(self) -> None:
+        """Count the step and advance a per-step schedule (host side, outside any captured graph)."""
         self._steps += 1
-        if self.schedule is not None:
-            if self.schedule.unit == "step":
-                self._set_periodic(self.schedule.advance())
-            self._noisy_steps += int(self._periodic_on)
-        elif self.autorelus:
-            mean = sync_autorelu(self.autorelus, self.sync_scope)
+        if self.schedule is not None and self.schedule.unit == "step":
+            self._set_periodic(self.schedule.advance())
+
+    def sync(self) -> Optional[torch.Tensor]:
+        """Reset AutoReLU weights to their mean and return it (tensor ops only: safe in a CUDA graph)."""
+        return sync_autorelu(self.autorelus, self.sync_scope) if self.autorelus else None
+
+    def count(self, mean: Optional[torch.Tensor]) -> None:
+        """Record whether this step was noisy, from :meth:`sync`'s mean, without a device sync."""
+        if mean is not None:
             self._noisy_steps = self._noisy_steps + (mean < 0).to(torch.int64)
+        else:
+            self._noisy_steps += int(self._periodic_on)
 
     @property
     def noise_on(self) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
-from fernoise.config import METHODS, PAPER_METHODS, ConfigError, TrainConfig, resolve_config
+from fernoise.config import METHODS, PAPER_METHODS, SPEED_ONLY, ConfigError, TrainConfig, config_changes, resolve_config
 from fernoise.io import PathLike
 from fernoise.train import TrainingError, train
 
@@ -26,7 +26,7 @@ def _finished(run_dir: Path, cfg: TrainConfig) -> bool:
     if not (run_dir / "summary.json").is_file():
         return False
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    if saved != cfg.to_dict():
+    if config_changes(saved, cfg, ignore=SPEED_ONLY):
         raise TrainingError(
             f"{run_dir} holds a finished run with another configuration; remove it or choose another --out"
         )
@@ -44,8 +44,15 @@ def reproduce(
     quiet: bool = False,
     log: Callable[[str], None] = print,
     command: Optional[str] = None,
+    jobs: int = 1,
 ) -> Path:
-    """Train (or reuse) every method x seed and write the report; return ``report.md``'s path."""
+    """Train (or reuse) every method x seed and write the report; return ``report.md``'s path.
+
+    ``jobs > 1`` trains that many runs at once, each in its own process: on a GPU the
+    runs share it (a small model at batch 64 leaves most of an H100 idle), on the CPU
+    the cores are split between them. Every run is seeded on its own, so the results
+    do not depend on ``jobs`` (on the CPU up to rounding, as the thread count changes).
+    """
     from fernoise.reports import load_runs, write_report
 
     unknown = [m for m in methods if m not in METHODS]
@@ -53,8 +60,10 @@ def reproduce(
         raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     out = Path(out)
-    run_dirs = []
+    run_dirs, todo = [], []
     for seed in range(seeds):
         for method in methods:
             cfg = resolve_config(config_file, **{**(overrides or {}), "data": data, "method": method, "seed": seed})
@@ -62,10 +71,13 @@ def reproduce(
             run_dirs.append(run_dir)
             if _finished(run_dir, cfg):
                 log(f"[{run_dir.name}] finished earlier, reused")
-                continue
-            resume = (run_dir / "checkpoints" / "last.pt").is_file()
-            log(f"[{run_dir.name}] {'resuming' if resume else 'training'}")
-            train(cfg, run_dir, resume=resume, quiet=quiet, log=lambda msg, name=run_dir.name: log(f"[{name}] {msg}"))
+            else:
+                todo.append((cfg, run_dir))
+    if jobs == 1 or len(todo) <= 1:
+        for cfg, run_dir in todo:
+            _train_run(cfg, run_dir, quiet, log)
+    else:
+        _train_concurrently(todo, jobs, quiet, log)
     runs = load_runs(run_dirs)
     command = command or "fernoise " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     cfg0 = resolve_config(config_file, **{**(overrides or {}), "data": data})
@@ -75,3 +87,63 @@ def reproduce(
         f"{cfg0.interval_unit}s, {seeds} seed(s)"
     )
     return write_report(runs, out, command=command, data_description=description)
+
+
+def _train_run(cfg: TrainConfig, run_dir: Path, quiet: bool, log: Callable[[str], None]) -> None:
+    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    log(f"[{run_dir.name}] {'resuming' if resume else 'training'}")
+    train(cfg, run_dir, resume=resume, quiet=quiet, log=lambda msg: log(f"[{run_dir.name}] {msg}"))
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _worker(cfg_dict: dict[str, Any], run_dir: str, gpu: Optional[int]) -> None:
+    import torch
+
+    if gpu is not None:
+        torch.cuda.set_device(gpu)
+    _train_run(TrainConfig(**cfg_dict), Path(run_dir), True, lambda msg: print(msg, flush=True))
+
+
+def _train_concurrently(todo: list[tuple[TrainConfig, Path]], jobs: int, quiet: bool,
+                        log: Callable[[str], None]) -> None:
+    """Train the runs in ``jobs`` worker processes; a failed run does not stop the others."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    log(f"training {len(todo)} runs, {jobs} at a time ({threads} CPU thread(s) each"
+        f"{f', on {gpus} GPU(s)' if gpus else ''})")
+    failures = []
+    # spawn: CUDA cannot be used in forked children, and it keeps the workers independent of the parent.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = {
+            pool.submit(_worker, cfg.to_dict(), str(run_dir), i % gpus if gpus else None): run_dir
+            for i, (cfg, run_dir) in enumerate(todo)
+        }
+        progress = None
+        if not quiet:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(futures), desc="runs", unit="run", dynamic_ncols=True)
+        try:
+            for future in as_completed(futures):
+                if future.exception() is not None:
+                    failures.append(f"{futures[future].name}: {future.exception()}")
+                    log(f"[{futures[future].name}] failed: {future.exception()}")
+                if progress is not None:
+                    progress.update()
+        finally:
+            if progress is not None:
+                progress.close()
+    if failures:
+        raise TrainingError(f"{len(failures)} of {len(todo)} runs failed (the others finished): " + "; ".join(failures))

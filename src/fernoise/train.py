@@ -10,9 +10,9 @@ from ``last.pt`` and, on the CPU, reproduces the uninterrupted run exactly.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +23,19 @@ import torch
 from torch import nn
 
 from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from fernoise.config import TrainConfig
-from fernoise.data import Augmenter, PackedData, class_weights, iterate_batches, load_data, num_batches
-from fernoise.distributed import Distributed, init_distributed
+from fernoise.config import SPEED_ONLY, TrainConfig, config_changes
+from fernoise.data import (
+    Augmenter, PackedData, class_weights, fits_on_device, iterate_batches, load_data, num_batches, to_device,
+)
+from fernoise.distributed import DeviceError, Distributed, init_distributed
 from fernoise.evaluate import evaluate_arrays
 from fernoise.io import PathLike, RunLock, write_text_atomic
 from fernoise.metrics import RunningF1
 from fernoise.models import build_model
 from fernoise.noise import NoiseController, PeriodicSchedule, autorelu_weight
+from fernoise.step import TrainStep
 
+CHECK_EVERY = 10  # steps between host syncs for the progress bar and the NaN check
 METRIC_COLUMNS = ["epoch", "train_loss", "train_f1", "val_loss", "val_f1", "val_acc", "noise_on", "lr", "seconds"]
 
 
@@ -87,14 +91,19 @@ def model_kwargs(cfg: TrainConfig, packed: PackedData) -> dict[str, Any]:
     }
 
 
-def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = model.parameters()
+def _optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    params = list(model.parameters())
+    # Fused kernels on GPUs; a captured step needs the optimizer's step counters on the device.
+    speed: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
+    if cfg.capture:
+        speed["capturable"] = True
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               **{k: v for k, v in speed.items() if k == "fused"})
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **speed)
     # Coupled (L2) weight decay as in the paper; it is also what moves AutoReLU's w.
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **speed)
 
 
 def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
@@ -206,9 +215,15 @@ def _train_locked(
         raise TrainingError(f"{cfg.data}: the train and val splits must both hold images")
     num_classes = len(packed.classes)
 
+    if cfg.capture and device.type != "cuda":
+        raise DeviceError(f"capture: CUDA graphs need a CUDA device, this run is on {device.type}; set capture: false")
+    if cfg.capture and ddp.enabled:
+        raise TrainingError("capture: not supported under torchrun (DistributedDataParallel); set capture: false")
     model = build_model(**model_kwargs(cfg, packed)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     net = ddp.wrap(model, device)  # converts BatchNorm in place on GPUs; model stays the plain network
-    optimizer = _optimizer(cfg, model)
+    optimizer = _optimizer(cfg, model, device)
     scheduler = _scheduler(cfg, optimizer)
     schedule = PeriodicSchedule(cfg.interval, cfg.interval_unit) if cfg.noise == "periodic" else None
     controller = NoiseController(model, schedule, sync_scope=cfg.autorelu_sync)
@@ -216,6 +231,10 @@ def _train_locked(
     generator = torch.Generator().manual_seed(cfg.seed)
     weights = class_weights(data.train_labels, num_classes).to(device) if cfg.class_weighted_loss else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    reduce = ddp.sum_ if ddp.enabled else None
+    train_step = TrainStep(net, optimizer, criterion, controller, precision=cfg.precision, capture=cfg.capture,
+                           skip_nonfinite=cfg.nonfinite == "skip", reduce=reduce)
+    data = _place_data(cfg, data, device, log)
 
     rows: list[dict[str, Any]] = []
     start_epoch, best = 1, {"val_f1": -1.0, "epoch": 0}
@@ -239,7 +258,7 @@ def _train_locked(
     }
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
-            row = _train_epoch(cfg, epoch, net, optimizer, controller, augment, criterion, data, generator, device, ddp, quiet)
+            row = _train_epoch(cfg, epoch, net, train_step, controller, augment, data, generator, device, ddp, quiet)
             val = evaluate_arrays(
                 model, data.val_images, data.val_labels, num_classes, augment, device, cfg.eval_batch_size, cfg.tta_flip
             )
@@ -298,21 +317,36 @@ def _train_locked(
     return summary
 
 
+def _place_data(cfg: TrainConfig, data: _Data, device: torch.device, log: Callable[[str], None]) -> _Data:
+    """Training images in device memory when asked for, or by default on a GPU when they fit."""
+    nbytes = data.train_images.nbytes
+    wanted = cfg.data_on_device if cfg.data_on_device is not None else device.type == "cuda"
+    if not wanted:
+        return data
+    if not fits_on_device(nbytes, device):
+        if cfg.data_on_device:
+            raise TrainingError(f"data_on_device: the {nbytes / 2**30:.1f} GiB of training images do not fit "
+                                f"in a quarter of {device}'s free memory; set data_on_device: false")
+        log(f"training images ({nbytes / 2**30:.1f} GiB) stay in host memory: too large for {device}")
+        return data
+    images, labels = to_device(data.train_images, data.train_labels, device)
+    return dataclasses.replace(data, train_images=images, train_labels=labels)
+
+
 def _train_epoch(
     cfg: TrainConfig,
     epoch: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    net: nn.Module,
+    train_step: TrainStep,
     controller: NoiseController,
     augment: Augmenter,
-    criterion: nn.Module,
     data: _Data,
     generator: torch.Generator,
     device: torch.device,
     ddp: Distributed,
     quiet: bool,
 ) -> dict[str, Any]:
-    model.train()
+    net.train()
     controller.start_epoch()
     local_batch = cfg.batch_size // ddp.world_size
     batches = iterate_batches(
@@ -322,38 +356,30 @@ def _train_epoch(
     total = num_batches(len(data.train_labels), local_batch, world_size=ddp.world_size)
     progress = _Progress(quiet, total, epoch, cfg.epochs)
     running = RunningF1(len(data.packed.classes))
-    loss_sum, seen, skipped = 0.0, 0, 0
+    # Per-step loss x batch size stays on the device: no host sync per step. Losses are
+    # checked for NaN/inf when the progress bar refreshes (every CHECK_EVERY steps).
+    weighted_losses = torch.zeros(total, dtype=torch.float64, device=device)
+    seen, skipped = 0, 0
     start = time.perf_counter()
     try:
         for step, (images, labels) in enumerate(batches, start=1):
-            controller.start_step()
             inputs = augment(images, generator=generator, train=True)
-            logits = model(inputs)
-            loss = criterion(logits, labels)
-            loss_value = float(loss.detach())
-            if ddp.enabled:  # every rank must take the same branch below
-                loss_value = float(ddp.sum_(torch.tensor([loss_value], device=device)).item())
-            if not math.isfinite(loss_value):
-                if cfg.nonfinite == "skip":
-                    skipped += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                raise TrainingError(
-                    f"non-finite training loss ({loss_value}) at epoch {epoch}, step {step}; "
-                    f"checkpoints/last.pt keeps the state after epoch {epoch - 1}. "
-                    f"Lower the learning rate, or set nonfinite: skip to skip such steps"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss_value / ddp.world_size * len(labels)
-            seen += len(labels)
-            running.update(logits.detach().argmax(1), labels)
-            if step % 10 == 1 or step == total:  # the running F1 costs a device sync
-                progress.show(loss_sum / seen, running.compute(), seen / (time.perf_counter() - start))
+            if cfg.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            loss, logits = train_step(inputs, labels)
+            if train_step.last_step_skipped:
+                skipped += 1
+            else:
+                weighted_losses[step - 1] = loss * len(labels)
+                seen += len(labels)
+                running.update(logits.argmax(1), labels)
+            if step % CHECK_EVERY == 1 or step == total:
+                loss_sum = _checked_loss_sum(weighted_losses[:step], epoch, ddp)
+                progress.show(loss_sum / max(seen, 1), running.compute(), seen / (time.perf_counter() - start))
             progress.update()
     finally:
         progress.close()
+    loss_sum = float(weighted_losses.sum())
     if ddp.enabled:
         loss_sum, seen = (float(v) for v in ddp.sum_(torch.tensor([loss_sum, seen], dtype=torch.float64)))
         running.all_reduce_()
@@ -369,6 +395,27 @@ def _train_epoch(
     if cfg.nonfinite == "skip":
         row["skipped_steps"] = skipped
     return row
+
+
+def _checked_loss_sum(weighted_losses: torch.Tensor, epoch: int, ddp: Distributed) -> float:
+    """The epoch's loss sum so far; raises at the first non-finite step (the same on every rank)."""
+    bad = ~torch.isfinite(weighted_losses)
+    stats = torch.stack([weighted_losses.masked_fill(bad, 0).sum(), bad.sum().to(torch.float64)])
+    if ddp.enabled:
+        ddp.sum_(stats)  # every rank must take the same branch below
+    loss_sum, bad_steps = stats.tolist()
+    if bad_steps:
+        if bad.any():
+            first = int(bad.nonzero()[0])
+            what = f"({float(weighted_losses[first])}) at epoch {epoch}, step {first + 1}"
+        else:
+            what = f"at epoch {epoch}, in another process"
+        raise TrainingError(
+            f"non-finite training loss {what}; "
+            f"checkpoints/last.pt keeps the state after epoch {epoch - 1}. "
+            f"Lower the learning rate, or set nonfinite: skip to skip such steps"
+        )
+    return loss_sum
 
 
 def _resume(
@@ -387,11 +434,9 @@ def _resume(
         state = load_checkpoint(last_path)
     except CheckpointError as exc:
         raise TrainingError(f"cannot resume: {exc}") from None
-    saved = {k: v for k, v in state["config"].items() if k not in ("epochs", "device")}
-    now = {k: v for k, v in cfg.to_dict().items() if k in saved}
-    changed = sorted(k for k in saved if saved[k] != now[k])
+    changed = config_changes(state["config"], cfg, ignore=("epochs", *SPEED_ONLY))
     if changed:
-        diffs = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+        diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
         raise TrainingError(f"cannot resume {out} with a different configuration ({diffs})")
     if list(state["classes"]) != list(packed.classes):
         raise TrainingError(

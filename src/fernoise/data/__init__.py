@@ -5,9 +5,10 @@ from fernoise.data.augment import Augmenter, normalize
 from fernoise.data.cache import PackedData, Split, load_data, prepare
 from fernoise.data.classes import CANONICAL_CLASSES, DataError, canonical_name
 from fernoise.data.formats import detect_format
-from fernoise.data.loader import class_weights, iterate_batches, num_batches
+from fernoise.data.loader import class_weights, fits_on_device, iterate_batches, num_batches, to_device
 
 __all__ = [
     "CANONICAL_CLASSES", "Augmenter", "DataError", "PackedData", "Split", "canonical_name", "class_weights",
-    "detect_format", "iterate_batches", "load_data", "normalize", "num_batches", "prepare",
+    "detect_format", "fits_on_device", "iterate_batches", "load_data", "normalize", "num_batches", "prepare",
+    "to_device",
 ]
