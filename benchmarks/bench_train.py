@@ -8,8 +8,8 @@
   for any input pipeline);
 * fernoise: ``fernoise.train.train`` on the packed cache (batch augmentation on the
   device, images in device memory on a GPU), images/s of the second epoch's training
-  phase; eager fp32, channels_last, and on a GPU the captured step (CUDA graph) with
-  and without bf16 + channels_last.
+  phase; eager fp32, channels_last, bf16 autocast, and on a GPU the captured step
+  (CUDA graph) with and without bf16 + channels_last.
 
 ResNet-18 (ImageNet stem), batch 64, Adam, 48x48 grey faces, as in issue 5's anchors.
 Prints images/s and the ratios to the naive pipeline.
@@ -129,6 +129,8 @@ def main() -> None:
                 args.data, args.images, device, tmp / "cache", tmp / "run"),
             "fernoise train, channels_last": fernoise_epoch(
                 args.data, args.images, device, tmp / "cache", tmp / "run-cl", channels_last=True),
+            "fernoise train, bf16 autocast": fernoise_epoch(
+                args.data, args.images, device, tmp / "cache", tmp / "run-bf16", precision="bf16"),
         }
         if device.type == "cuda":
             results["fernoise train, captured step (CUDA graph)"] = fernoise_epoch(

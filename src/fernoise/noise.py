@@ -175,14 +175,14 @@ class _AutoReLUFunction(torch.autograd.Function):
             w = w.view(1, -1, *([1] * (x.dim() - 2)))
         # Sign and cliff come from w in its own precision (a tiny w must keep its sign
         # under fp16); the guard keeps |w| >= eps, and w == 0 counts as positive.
-        sign = torch.ones_like(w)
-        if training:
-            sign.masked_fill_(w < 0, -1.0)
-        sign = sign.to(x.dtype)
         limit = (constant / w.abs().clamp(min=eps)).to(x.dtype)
+        # Skipping the sign pass needs to know there is no negative w: free to ask on
+        # the CPU, a device sync (or impossible, inside a CUDA graph) elsewhere.
+        flips = training and (w.device.type != "cpu" or bool((w < 0).any()))
+        sign = torch.ones_like(w).masked_fill_(w < 0, -1.0).to(x.dtype) if flips else None
         # x * w / |w| is x * sign(w), computed without the two roundings; the cliff
         # x * w >= constant is x * sign(w) >= constant / |w|.
-        y = x * sign
+        y = x * sign if flips else x
         y = torch.where(y < limit, y, 0).relu_()
         ctx.save_for_backward(y, sign)
         ctx.weight_shape = weight.shape
@@ -191,7 +191,9 @@ class _AutoReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         y, sign = ctx.saved_tensors
-        grad_x = torch.ops.aten.threshold_backward(grad, y, 0).mul_(sign)
+        grad_x = torch.ops.aten.threshold_backward(grad, y, 0)
+        if sign is not None:
+            grad_x.mul_(sign)
         return grad_x, grad.new_zeros(ctx.weight_shape), None, None, None
 
 
