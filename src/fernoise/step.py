@@ -63,6 +63,7 @@ class TrainStep:
         self._full_shape: Optional[torch.Size] = None
         self._warm = 0
         self._graph: Optional[torch.cuda.CUDAGraph] = None
+        self._stream: Optional[torch.cuda.Stream] = None
         self._graph_lrs: list[float] = []
         self._static: dict[str, torch.Tensor] = {}
 
@@ -103,8 +104,15 @@ class TrainStep:
         self.controller.count(mean)
         return loss, logits
 
+    def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
+        # One stream for warm-up and recording, so that per-stream library handles
+        # (cuBLAS workspaces) exist before recording starts.
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device)
+        return self._stream
+
     def _warmup(self, inputs: torch.Tensor, labels: torch.Tensor):
-        side = torch.cuda.Stream(inputs.device)
+        side = self._side_stream(inputs.device)
         side.wait_stream(torch.cuda.current_stream(inputs.device))
         with torch.cuda.stream(side):
             out = self._forward_backward(inputs, labels)
@@ -128,7 +136,7 @@ class TrainStep:
         graph = torch.cuda.CUDAGraph()
         # Gradients are allocated inside the graph's memory pool and stay there.
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=self._side_stream(inputs.device)):
             loss, logits, mean = self._forward_backward(static_inputs, static_labels)
         self._static = {"inputs": static_inputs, "labels": static_labels, "loss": loss, "logits": logits}
         if mean is not None:
