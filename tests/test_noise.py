@@ -133,6 +133,15 @@ def test_auto_relu_keeps_reduced_precision_and_the_sign_of_a_tiny_weight():
                                    rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("w", [0.5, -0.5])
+def test_auto_relu_passes_nan_through_like_relu(w):
+    x = torch.tensor([[1.0, float("nan"), -2.0, 100.0]])
+    y = auto_relu(x, torch.tensor(w), 6.0)
+    assert torch.isnan(y[0, 1]) and torch.isnan(torch.relu(x)[0, 1])
+    expected = [1.0, 0.0, 0.0] if w > 0 else [0.0, 2.0, 0.0]  # 100 lies beyond the cliff at 12
+    assert y[0, [0, 2, 3]].tolist() == expected
+
+
 def test_optimizer_weight_decay_reaches_autorelu_weight_through_the_zero_gradient():
     unit = AutoReLU(4, init=0.5)
     optimizer = torch.optim.SGD(unit.parameters(), lr=0.1, weight_decay=0.1)

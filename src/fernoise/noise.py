@@ -176,14 +176,18 @@ class _AutoReLUFunction(torch.autograd.Function):
         # Sign and cliff come from w in its own precision (a tiny w must keep its sign
         # under fp16); the guard keeps |w| >= eps, and w == 0 counts as positive.
         limit = (constant / w.abs().clamp(min=eps)).to(x.dtype)
-        # Skipping the sign pass needs to know there is no negative w: free to ask on
-        # the CPU, a device sync (or impossible, inside a CUDA graph) elsewhere.
-        flips = training and (w.device.type != "cpu" or bool((w < 0).any()))
+        # Skipping a pass needs a look at the data: free on the CPU, a device sync (or
+        # impossible, inside a CUDA graph) elsewhere. Passes skipped: the sign, while no
+        # w is negative, and the cliff, while every value lies clearly below it.
+        on_cpu = x.device.type == "cpu"
+        flips = training and (not on_cpu or bool((w < 0).any()))
         sign = torch.ones_like(w).masked_fill_(w < 0, -1.0).to(x.dtype) if flips else None
         # x * w / |w| is x * sign(w), computed without the two roundings; the cliff
         # x * w >= constant is x * sign(w) >= constant / |w|.
         y = x * sign if flips else x
-        y = torch.where(y < limit, y, 0).relu_()
+        below_cliff = on_cpu and y.numel() > 0 and bool(y.max() < limit.min())  # False for NaN
+        # NaN passes through, as through ReLU, so that a diverging run is noticed.
+        y = y.relu() if below_cliff else torch.where(y >= limit, 0, y).relu_()
         ctx.save_for_backward(y, sign)
         ctx.weight_shape = weight.shape
         return y
