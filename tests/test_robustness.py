@@ -81,6 +81,25 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert not (run / ".lock").exists()
 
 
+def test_sigterm_stops_concurrent_reproduce_workers_and_it_resumes(tmp_path):
+    out = tmp_path / "grid"
+    args = ["reproduce", "--methods", "baseline", "periodic", "--seeds", "1", "--jobs", "2", "--out", str(out),
+            *[a if a != "4" else "300" for a in TRAIN if a not in ("--method", "dynamic")], "--quiet"]
+    process = subprocess.Popen(_cmd(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not list(out.glob("*/checkpoints/last.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    assert not list(out.glob("*/summary.json")), "the workers were stopped, not waited for"
+    resumed = subprocess.run(_cmd(*[a if a != "300" else "2" for a in args]), env=_env(), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert len(list(out.glob("*-seed0/summary.json"))) == 2
+
+
 def test_interrupted_write_keeps_the_previous_file(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"model": {}, "classes": [], "input": {}, "state_dict": {"w": torch.ones(3)}})

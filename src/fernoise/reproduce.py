@@ -142,6 +142,13 @@ def _train_concurrently(todo: list[tuple[TrainConfig, Path]], jobs: int, quiet: 
                     log(f"[{futures[future].name}] failed: {future.exception()}")
                 if progress is not None:
                     progress.update()
+        except BaseException:
+            # Ctrl-C or SIGTERM: stop the workers now rather than waiting for their runs to end;
+            # each run's last.pt (written atomically) is where the next reproduce resumes.
+            pool.shutdown(wait=False, cancel_futures=True)
+            for child in multiprocessing.active_children():
+                child.terminate()
+            raise
         finally:
             if progress is not None:
                 progress.close()
