@@ -30,6 +30,13 @@ for P in bn1 bn2 sum all; do
     --position "$P" --out "$OUT/ablation-position-$P" "${EXTRA[@]}"
 done
 
+# AutoReLU init ablation: dL/dw is zero, so the noisy steps are fixed by init, lr and weight decay
+# (scripts/autorelu_trace.py --optimizer-only); from the default 0.1 only ~1% of 13,500 steps are noisy.
+for INIT in 0.001 0.01; do
+  fernoise reproduce "${RUN[@]}" --config fer2013-paper --methods baseline dynamic --seeds 1 \
+    --autorelu-init "$INIT" --out "$OUT/ablation-autorelu-init-$INIT" "${EXTRA[@]}"
+done
+
 # Best recipe: small stem, fer augmentation, cosine schedule, label smoothing, test-time flip.
 fernoise reproduce "${RUN[@]}" --config fer2013-best --methods baseline periodic dynamic --seeds 2 \
   --out "$OUT/best-recipe" "${EXTRA[@]}"
