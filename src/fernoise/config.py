@@ -153,11 +153,10 @@ SPEED_ONLY = ("device", "capture", "data_on_device")
 
 def config_changes(saved: dict[str, Any], cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
     """``{key: (saved, now)}`` for every setting that differs; keys a saved run predates count as defaults."""
-    defaults = TrainConfig().to_dict()
+    before = {**TrainConfig().to_dict(), **saved}
     now = cfg.to_dict()
-    keys = (set(saved) | set(now)) - set(ignore)
-    return {k: (saved.get(k, defaults.get(k)), now.get(k)) for k in sorted(keys)
-            if saved.get(k, defaults.get(k)) != now.get(k)}
+    keys = sorted((set(before) | set(now)) - set(ignore))
+    return {k: (before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k)}
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -92,18 +92,14 @@ def model_kwargs(cfg: TrainConfig, packed: PackedData) -> dict[str, Any]:
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    params = list(model.parameters())
-    # Fused kernels on GPUs; a captured step needs the optimizer's step counters on the device.
-    speed: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
-    if cfg.capture:
-        speed["capturable"] = True
+    params = model.parameters()
+    fused = device.type == "cuda"
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               **{k: v for k, v in speed.items() if k == "fused"})
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **speed)
-    # Coupled (L2) weight decay as in the paper; it is also what moves AutoReLU's w.
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **speed)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
+    # A captured step needs Adam's step counters on the device (capturable).
+    adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    # Adam: coupled (L2) weight decay as in the paper; it is also what moves AutoReLU's w.
+    return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, capturable=cfg.capture)
 
 
 def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
@@ -398,12 +394,11 @@ def _train_epoch(
 
 
 def _checked_loss_sum(weighted_losses: torch.Tensor, epoch: int, ddp: Distributed) -> float:
-    """The epoch's loss sum so far; raises at the first non-finite step (the same on every rank)."""
+    """This rank's loss sum so far; raises at the first non-finite step (on every rank alike)."""
     bad = ~torch.isfinite(weighted_losses)
-    stats = torch.stack([weighted_losses.masked_fill(bad, 0).sum(), bad.sum().to(torch.float64)])
-    if ddp.enabled:
-        ddp.sum_(stats)  # every rank must take the same branch below
-    loss_sum, bad_steps = stats.tolist()
+    loss_sum, bad_steps = torch.stack([weighted_losses.masked_fill(bad, 0).sum(), bad.sum().to(torch.float64)]).tolist()
+    if ddp.enabled:  # every rank must take the same branch below
+        bad_steps = float(ddp.sum_(torch.tensor([bad_steps], dtype=torch.float64, device=weighted_losses.device)))
     if bad_steps:
         if bad.any():
             first = int(bad.nonzero()[0])
