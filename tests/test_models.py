@@ -52,13 +52,36 @@ def test_small_stem_and_grey_input():
 
 @pytest.mark.parametrize(
     "position,expected",
-    [("bn1", {"noise1"}), ("bn2", {"noise2"}), ("sum", {"noise_sum"}), ("all", {"noise1", "noise2", "noise_sum"})],
+    [("bn1", {"noise1"}), ("bn2", {"noise2"}), ("sum", {"noise_sum"}), ("all", {"noise1", "noise_sum"})],
 )
 def test_periodic_positions(position, expected):
     model = build_model("resnet18", 7, noise="periodic", position=position)
     names = {name.split(".")[-1] for name, m in model.named_modules() if isinstance(m, SignFlip)}
     assert names == expected
     assert sum(isinstance(m, SignFlip) for m in model.modules()) == 8 * len(expected)
+
+
+@pytest.mark.parametrize("noise", ["periodic", "dynamic"])
+def test_position_all_flips_each_bn_relu_unit_input_exactly_once(noise):
+    """A hand-written BasicBlock: relu1 sees -bn1(conv1 x), relu2 sees -(bn2(conv2 .) + identity)."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", 7, noise=noise, position="all", stem="small", in_channels=1)
+    _randomise_bn(model)
+    block = model.layer2[0]  # has a downsample branch
+    _bn_eval(block)
+    if noise == "periodic":
+        set_sign_flip(block, True)
+    else:
+        for unit in block.modules():
+            if isinstance(unit, AutoReLU):
+                unit.weight.data.fill_(-0.5)
+    x = torch.randn(2, 64, 8, 8)
+    identity = block.downsample(x)
+    out = torch.relu(-block.bn1(block.conv1(x)))
+    expected = torch.relu(-(block.bn2(block.conv2(out)) + identity))
+    assert torch.allclose(block(x), expected, atol=1e-5)
+    twice = torch.relu(-(-block.bn2(block.conv2(out)) + identity))  # the former double flip
+    assert not torch.allclose(block(x), twice, atol=1e-3)
 
 
 @pytest.mark.parametrize("position,expected", [("bn1", {"relu1"}), ("sum", {"relu2"}), ("all", {"relu1", "relu2"})])
@@ -194,3 +217,105 @@ def test_folding_batchnorm_keeps_the_eval_output(noise):
     folded = fold_batchnorm(copy.deepcopy(model))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert torch.allclose(folded(x), expected, atol=1e-4)
+
+
+# Every supported architecture x every method: forward, backward and an optimizer step with noise on.
+OWN_METHODS = ["baseline", "dropout", "periodic", "dynamic", "dynamic-exact", "dropout+periodic", "dropout+dynamic"]
+FOREIGN_METHODS = ["baseline", "periodic", "dynamic", "dynamic-exact"]
+TRAIN_ARCHS = {
+    "resnet18-imagenet": (lambda **kw: build_model("resnet18", 7, in_channels=1, **kw), 1, 32, OWN_METHODS),
+    "resnet18-small": (lambda **kw: build_model("resnet18", 7, in_channels=1, stem="small", **kw), 1, 16, OWN_METHODS),
+    **{
+        f"torchvision:{name}": (lambda name=name, **kw: build_model(f"torchvision:{name}", 7, **kw), 3, 32,
+                                FOREIGN_METHODS)
+        for name in ("resnet18", "resnet50", "vgg11_bn", "mobilenet_v2")
+    },
+    **{
+        f"timm:{name}": (lambda name=name, **kw: build_model(f"timm:{name}", 7, **kw), 3, 32, FOREIGN_METHODS)
+        for name in ("resnet18", "mobilenetv2_100")
+    },
+}
+
+
+def _set_noise(model: nn.Module, on: bool) -> None:
+    set_sign_flip(model, on)
+    for unit in model.modules():
+        if isinstance(unit, AutoReLU):
+            unit.weight.data.copy_(unit.weight.data.abs() * (-1 if on else 1))
+
+
+@pytest.mark.parametrize(
+    "arch,method",
+    [(arch, method) for arch, (_, _, _, methods) in TRAIN_ARCHS.items() for method in methods],
+)
+def test_every_architecture_trains_a_step_with_noise_on(arch, method):
+    from fernoise.config import METHODS
+    from fernoise.noise import NoiseController, PeriodicSchedule
+
+    if arch.startswith("timm:"):
+        pytest.importorskip("timm")
+    make, channels, size, _ = TRAIN_ARCHS[arch]
+    grad = "exact" if method.endswith("-exact") else "autograd"
+    noise, dropout = METHODS[method.removesuffix("-exact")]
+    torch.manual_seed(0)
+    kwargs = {"noise": noise, "autorelu_grad": grad, **({"dropout": 0.3} if dropout else {})}
+    model = make(**kwargs).train()
+    _randomise_bn(model)  # timm zero-inits each block's last BN, which would hide noise in the block
+    schedule = PeriodicSchedule(3) if noise == "periodic" else None
+    controller = NoiseController(model, schedule)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    x, y = torch.randn(4, channels, size, size), torch.tensor([0, 1, 2, 3])
+    if schedule is not None:
+        schedule.flag = True  # the next epoch is noisy
+    _set_noise(model, True)  # dynamic: negative weights, so the synced mean is negative
+    controller.start_epoch()
+    controller.start_step()
+    assert controller.noise_on == (noise != "none")
+    if noise != "none":  # the noisy forward differs from the same forward with noise off
+        _set_noise(model, False)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            clean = model(x)
+        _set_noise(model, True)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            assert not torch.allclose(model(x), clean, atol=1e-4)
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.manual_seed(1)
+    loss = nn.functional.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    changed = sum(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert changed > 0.8 * len(before), "the optimizer step must move the parameters"  # timm zero-inits some
+    assert controller.noise_on == (noise != "none")
+
+
+@pytest.mark.parametrize("noise", ["periodic", "dynamic"])
+@pytest.mark.parametrize("arch", ["torchvision:resnet18", "timm:resnet18", "timm:mobilenetv2_100", "resnet18"])
+def test_sync_batchnorm_conversion_keeps_noise_at_every_injection_point(arch, noise):
+    from fernoise.models import convert_sync_batchnorm
+
+    if arch.startswith("timm:"):
+        pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = build_model(arch, 7, noise=noise)
+    _randomise_bn(model)
+    model = convert_sync_batchnorm(model).train()
+    assert not any(type(m) is nn.BatchNorm2d for m in model.modules())
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    points = [m for m in model.modules() if isinstance(m, (SignFlip, AutoReLU))]
+    assert len(points) == 8 or arch == "timm:mobilenetv2_100"
+    x = torch.randn(2, 3, 32, 32)
+    _set_noise(model, False)
+    with torch.no_grad():
+        clean = model(x)
+        for point in points:
+            if isinstance(point, SignFlip):
+                point.active = True
+            else:
+                point.weight.data.neg_()
+            assert not torch.allclose(model(x), clean, atol=1e-4), f"noise lost at {point}"
+            _set_noise(model, False)

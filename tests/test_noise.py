@@ -88,21 +88,28 @@ def test_cliff_relu_formula(x, c):
 @settings(max_examples=60, deadline=None)
 @given(x=arrays(np.float64, 32, elements=finite), w=weights, c=st.floats(0.5, 10))
 def test_auto_relu_forward_and_gradient(x, w, c):
-    xt = torch.tensor(x, requires_grad=True)
-    wt = torch.tensor(w, requires_grad=True)
-    y = auto_relu(xt, wt, c, training=True)
     z = x * w
     inside = (z > 0) & (z < c)
     # x * w rounds, so values within an ulp of the cliff may fall either side of it.
     clear = np.abs(z - c) > 1e-12 * c
     expected = np.where(inside, z, 0.0) / abs(w)
-    np.testing.assert_allclose(y.detach().numpy()[clear], expected[clear], rtol=1e-12, atol=1e-12)
     upstream = torch.linspace(-1, 1, x.size, dtype=torch.float64)
-    y.backward(upstream)
-    # dy/dx = sign(w) inside the linear region; dy/dw = 0 exactly (y = x * sign(w) there).
+    # dy/dx = sign(w) inside the linear region; dy/dw = 0 analytically (y = x * sign(w) there).
     expected_grad = np.where(inside, np.sign(w), 0.0) * upstream.numpy()
-    np.testing.assert_allclose(xt.grad.numpy()[clear], expected_grad[clear], atol=1e-12)
-    assert wt.grad is not None and wt.grad.item() == 0.0
+    w_grads = {}
+    for grad in ("exact", "autograd"):
+        xt = torch.tensor(x, requires_grad=True)
+        wt = torch.tensor(w, requires_grad=True)
+        y = auto_relu(xt, wt, c, training=True, grad=grad)
+        np.testing.assert_allclose(y.detach().numpy()[clear], expected[clear], rtol=1e-12, atol=1e-12)
+        y.backward(upstream)
+        np.testing.assert_allclose(xt.grad.numpy()[clear], expected_grad[clear], atol=1e-12)
+        assert wt.grad is not None
+        w_grads[grad] = wt.grad.item()
+    assert w_grads["exact"] == 0.0
+    # autograd leaves only the rounding residue of two cancelling sums (float64 here)
+    scale = np.abs(upstream.numpy() * x).sum() / abs(w)
+    assert abs(w_grads["autograd"]) <= 1e-12 * max(scale, 1.0)
 
 
 @settings(max_examples=30, deadline=None)
@@ -115,7 +122,7 @@ def test_auto_relu_matches_autograd_of_the_composite_formula(x, w):
     reference = cliff_relu(xt * wt, 6.0) / wt.abs()
     upstream = torch.linspace(-1, 1, reference.numel()).view_as(reference)
     (expected_grad,) = torch.autograd.grad(reference, xt, upstream)
-    y = auto_relu(xt, torch.tensor(w), 6.0)
+    y = auto_relu(xt, torch.tensor(w), 6.0, grad="exact")
     y.backward(upstream)
     # The composite rounds twice (x * w, then / |w|); fernoise's x * sign(w) does not. Values
     # right at the cliff may fall either side of it.
@@ -127,7 +134,7 @@ def test_auto_relu_matches_autograd_of_the_composite_formula(x, w):
 def test_auto_relu_keeps_reduced_precision_and_the_sign_of_a_tiny_weight():
     x = torch.linspace(-3, 3, 24).view(1, 3, 2, 4)
     for dtype in (torch.bfloat16, torch.float16):
-        y = auto_relu(x.to(dtype), torch.tensor([1e-9, -1e-9, 0.5]))
+        y = auto_relu(x.to(dtype), torch.tensor([1e-9, -1e-9, 0.5]), grad="exact")
         assert y.dtype == dtype
         torch.testing.assert_close(y.float(), torch.stack([x[:, 0].relu(), (-x[:, 1]).relu(), x[:, 2].relu()], 1),
                                    rtol=1e-2, atol=1e-2)
@@ -248,10 +255,57 @@ def test_adam_weight_decay_drives_autorelu_weight_across_zero():
     assert signs[0] is False and True in signs, f"w never became negative: {autorelu_weight(model)}"
 
 
-def test_autorelu_weight_follows_the_optimizer_alone_whatever_the_data():
-    """dL/dw is exactly zero, so the common weight is Adam on a zero-gradient parameter."""
+def test_autorelu_autograd_matches_the_composite_formula_in_both_directions():
+    """grad='autograd' is autograd of cliff_relu(x * w) / |w|: same output, same gradients of x and w."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    w = torch.tensor([0.3, -0.2, 0.05], requires_grad=True)
+    upstream = torch.randn(4, 3, 5, 5)
+    wb = w.view(1, 3, 1, 1)
+    reference = cliff_relu(x * wb, 6.0) / wb.abs()
+    ref_x, ref_w = torch.autograd.grad(reference, (x, w), upstream)
+    y = auto_relu(x, w, 6.0, grad="autograd")
+    got_x, got_w = torch.autograd.grad(y, (x, w), upstream)
+    torch.testing.assert_close(y, reference, rtol=0, atol=0)
+    torch.testing.assert_close(got_x, ref_x, rtol=0, atol=0)
+    torch.testing.assert_close(got_w, ref_w, rtol=0, atol=0)
+    exact_x, exact_w = torch.autograd.grad(auto_relu(x, w, 6.0, grad="exact"), (x, w), upstream)
+    torch.testing.assert_close(got_x, exact_x, rtol=1e-6, atol=1e-6)
+    assert torch.equal(exact_w, torch.zeros(3)) and not torch.equal(got_w, torch.zeros(3))
+
+
+def test_autograd_residue_spreads_the_weights_and_the_mean_reset_gathers_them():
+    """With grad='autograd' each weight gets its own data-dependent update, so the reset does something."""
     torch.manual_seed(1)
-    model = build_model("resnet18", 7, noise="dynamic", stem="small", in_channels=1, autorelu_init=0.004)
+    model = build_model("resnet18", 7, noise="dynamic", stem="small", in_channels=1, autorelu_init=0.004,
+                        autorelu_grad="autograd")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    controller = NoiseController(model, trace=True)
+    controller.start_epoch()
+    for _ in range(3):
+        controller.start_step()
+        loss = nn.functional.cross_entropy(model(torch.randn(8, 1, 12, 12)), torch.randint(0, 7, (8,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    weights = torch.cat([u.weight.detach() for u in model.modules() if isinstance(u, AutoReLU)])
+    assert weights.max() - weights.min() > 1e-4  # spread apart by the step
+    controller.start_step()
+    weights = torch.cat([u.weight.detach() for u in model.modules() if isinstance(u, AutoReLU)])
+    assert torch.all(weights == weights[0])  # gathered by the reset
+    rows = controller.take_trace()
+    assert len(rows) == 4
+    w, w_min, w_max, grad_mean, grad_absmax = rows[1]
+    assert w_min < w < w_max and grad_absmax > 0  # before the second reset: spread by a real gradient
+    assert rows[0][1] == rows[0][2] == pytest.approx(0.004)  # the first step starts from the init
+    assert controller.take_trace() == []
+
+
+def test_autorelu_weight_follows_the_optimizer_alone_whatever_the_data():
+    """With grad='exact' dL/dw is exactly zero, so the common weight is Adam on a zero-gradient parameter."""
+    torch.manual_seed(1)
+    model = build_model("resnet18", 7, noise="dynamic", stem="small", in_channels=1, autorelu_init=0.004,
+                        autorelu_grad="exact")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     controller = NoiseController(model)
     lone = nn.Parameter(torch.tensor([0.004]))

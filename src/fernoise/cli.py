@@ -41,6 +41,9 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, help=f"dropout probability of the dropout methods (default {d.dropout}, as in Wide ResNets)")
     g.add_argument("--autorelu-init", type=float, help=f"initial AutoReLU weight, in (0, 1) (default {d.autorelu_init})")
     g.add_argument("--autorelu-constant", type=float, help=f"CliffReLU constant (default {d.autorelu_constant:g})")
+    g.add_argument("--autorelu-grad", choices=["autograd", "exact"],
+                   help=f"AutoReLU backward: autograd of the paper's formula, or the exact zero gradient of w "
+                        f"(cheaper; w then follows weight decay alone) (default {d.autorelu_grad})")
     g.add_argument("--nonfinite", choices=["stop", "skip"], help="on a non-finite loss: stop (default) or skip the step")
     g.add_argument("--model", help="resnet18 (default), resnet34, torchvision:<name> or timm:<name>")
     g.add_argument("--stem", choices=["imagenet", "small"], help="ResNet stem: imagenet 7x7/2 + max-pool (default) or small 3x3/1")
@@ -126,6 +129,19 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true")
     _train_options(r)
 
+    a = sub.add_parser(
+        "trace-autorelu", help="train with dynamic noise and trace AutoReLU's weights step by step",
+        description="Train one dynamic-injection run (as `train --method dynamic`) and write, per training step, the "
+        "common AutoReLU weight, the spread of the weights before each mean reset, their raw gradient and whether "
+        "noise was on (autorelu_trace.csv), a figure (autorelu_trace.png) and a summary (autorelu_trace.json: first "
+        "noisy step, switches, noisy share per epoch). A finished run in --out is reused, a stopped one resumed.",
+    )
+    a.add_argument("--data", help="data set path or 'synthetic' (default)")
+    a.add_argument("--out", help="run directory (default runs/trace-<grad>-init<init>-seed<seed>)")
+    a.add_argument("--seed", type=int, help="random seed (default 0)")
+    a.add_argument("--quiet", action="store_true", help="no progress bars (for logs)")
+    _train_options(a)
+
     from fernoise.predict import add_predict_commands
 
     add_predict_commands(sub)
@@ -204,13 +220,37 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate, "reproduce": _cmd_reproduce}
+def _cmd_trace_autorelu(args: argparse.Namespace) -> int:
+    from fernoise.config import preset_path, resolve_config
+    from fernoise.reports import write_trace_report
+    from fernoise.reproduce import ensure_run
+
+    config_file = preset_path(args.config) if args.config else None
+    cfg = resolve_config(config_file, data=args.data, method="dynamic", seed=args.seed, **_overrides(args))
+    if cfg.capture:
+        raise ValueError("capture: the AutoReLU trace cannot be recorded inside a CUDA graph; drop --capture")
+    out = Path(args.out or f"runs/trace-{cfg.autorelu_grad}-init{cfg.autorelu_init:g}-seed{cfg.seed}")
+    ensure_run(cfg, out, args.quiet, print)
+    stats = write_trace_report(out)
+    first = stats["first_noisy_step"]
+    print(f"{stats['steps']} steps, noise on in {stats['noisy_steps']} ({stats['noisy_share']:.1%}); first noisy step: "
+          f"{first if first else 'never'}; {stats['switches']} switches; longest noisy stretch "
+          f"{stats['longest_noisy_stretch']} steps; final w {stats['final_w']:.3g}")
+    print("noisy share per epoch: " + " ".join(f"{v:.2f}" for v in stats["noisy_share_per_epoch"].values()))
+    print(f"trace written to {out / 'autorelu_trace.csv'} and {out / 'autorelu_trace.png'}")
+    return 0
+
+
+COMMANDS = {
+    "prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate, "reproduce": _cmd_reproduce,
+    "trace-autorelu": _cmd_trace_autorelu,
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("train", "reproduce"):
+    if args.command in ("train", "reproduce", "trace-autorelu"):
         signal.signal(signal.SIGTERM, _on_sigterm)
     from fernoise.errors import USER_ERRORS
 
@@ -223,7 +263,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "train":
             run = args.resume or args.out or "the run directory"
             hint = f"; checkpoints/last.pt holds the last finished epoch: resume with `fernoise train --resume {run}`"
-        elif args.command == "reproduce":
+        elif args.command in ("reproduce", "trace-autorelu"):
             hint = "; run the same command again to resume"
         print(f"fernoise: {what}{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import yaml
 
 from fernoise.io import PathLike
+from fernoise.noise import AUTORELU_GRADS
 
 # method -> (noise kind, uses dropout); the paper's variants and the obvious sixth.
 METHODS: dict[str, tuple[str, bool]] = {
@@ -72,6 +73,7 @@ class TrainConfig:
     autorelu_init: float = 0.1
     autorelu_constant: float = 6.0
     autorelu_sync: str = "global"
+    autorelu_grad: str = "autograd"
     # optimisation (the paper: Adam, lr 1e-4, weight decay 1e-4, batch 64)
     epochs: int = 20
     batch_size: int = 64
@@ -102,6 +104,7 @@ class TrainConfig:
             "position": ("bn1", "bn2", "sum", "all"),
             "interval_unit": ("epoch", "step"),
             "autorelu_sync": ("global", "layer"),
+            "autorelu_grad": AUTORELU_GRADS,
             "optimizer": ("adam", "adamw", "sgd"),
             "scheduler": ("none", "cosine"),
             "nonfinite": ("stop", "skip"),
@@ -151,9 +154,17 @@ class TrainConfig:
 SPEED_ONLY = ("device", "capture", "data_on_device")
 
 
+# What a run saved before a key existed did, where that differs from today's default.
+PREDATED = {"autorelu_grad": "exact"}
+
+
 def config_changes(saved: dict[str, Any], cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
-    """``{key: (saved, now)}`` for every setting that differs; keys a saved run predates count as defaults."""
-    before = {**TrainConfig().to_dict(), **saved}
+    """``{key: (saved, now)}`` for every setting that differs.
+
+    A key the saved run predates counts as what that run did: :data:`PREDATED`'s
+    value, else the default.
+    """
+    before = {**TrainConfig().to_dict(), **PREDATED, **saved}
     now = cfg.to_dict()
     keys = sorted((set(before) | set(now)) - set(ignore))
     return {k: (before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k)}

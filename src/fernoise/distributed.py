@@ -61,7 +61,9 @@ class Distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            from fernoise.models import convert_sync_batchnorm
+
+            model = convert_sync_batchnorm(model)
             return DistributedDataParallel(model, device_ids=[device.index])
         return DistributedDataParallel(model)
 

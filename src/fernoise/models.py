@@ -16,8 +16,12 @@ position     periodic (``SignFlip``, identity when off)   dynamic (``AutoReLU`` 
 ``bn2``      ``noise2`` flips bn2's output before the     not defined: no ReLU follows bn2 directly
              residual sum
 ``sum``      ``noise_sum`` flips the sum before relu2     ``relu2`` is an AutoReLU on the sum
-``all``      all three points                             ``relu1`` and ``relu2`` (bn1 and sum)
+``all``      ``noise1`` and ``noise_sum``                 ``relu1`` and ``relu2`` (bn1 and sum)
 ===========  ==========================================  ==============================================
+
+``all`` means every BN+ReLU unit of the block, each flipped exactly once: relu1
+sees ``-bn1(...)`` and relu2 sees ``-(bn2(...) + identity)``. Flipping bn2's output
+as well would un-flip its share of the sum (relu2 would see ``bn2 - identity``).
 
 ``bn1`` is the default: the paper found one unit per block best and injection
 into all units no better than none (section 4.3).
@@ -35,15 +39,20 @@ from typing import Callable, Literal, Optional, Sequence, Type
 import torch
 from torch import nn
 
-from fernoise.noise import DEFAULT_AUTORELU_INIT, DEFAULT_CLIFF, AutoReLU, SignFlip
+from fernoise.noise import DEFAULT_AUTORELU_GRAD, DEFAULT_AUTORELU_INIT, DEFAULT_CLIFF, AutoReLU, AutoReLUGrad, SignFlip
 
-__all__ = ["BasicBlock", "ResNet", "resnet18", "resnet34", "build_model", "inject_noise", "NOISE_KINDS", "POSITIONS"]
+__all__ = [
+    "BasicBlock", "ResNet", "resnet18", "resnet34", "build_model", "inject_noise", "convert_sync_batchnorm",
+    "NOISE_KINDS", "POSITIONS",
+]
 
 NoiseKind = Literal["none", "periodic", "dynamic"]
 Position = Literal["bn1", "bn2", "sum", "all"]
 Stem = Literal["imagenet", "small"]
 NOISE_KINDS = ("none", "periodic", "dynamic")
 POSITIONS = ("bn1", "bn2", "sum", "all")
+# The injection points of a BasicBlock each position uses ("all": each BN+ReLU unit once).
+POSITION_POINTS = {"bn1": ("bn1",), "bn2": ("bn2",), "sum": ("sum",), "all": ("bn1", "sum")}
 
 
 def _check_noise(noise: str, position: str) -> None:
@@ -61,13 +70,14 @@ def _check_noise(noise: str, position: str) -> None:
 class _NoiseFactory:
     """Makes the modules that go at each injection point of a block."""
 
-    def __init__(self, noise: str, position: str, autorelu_init: float, autorelu_constant: float, per_channel: bool):
+    def __init__(self, noise: str, position: str, autorelu_init: float, autorelu_constant: float, per_channel: bool,
+                 autorelu_grad: AutoReLUGrad = DEFAULT_AUTORELU_GRAD):
         _check_noise(noise, position)
         self.noise, self.position = noise, position
-        self.autorelu = dict(init=autorelu_init, constant=autorelu_constant, per_channel=per_channel)
+        self.autorelu = dict(init=autorelu_init, constant=autorelu_constant, per_channel=per_channel, grad=autorelu_grad)
 
     def _at(self, point: str) -> bool:
-        return self.noise != "none" and self.position in (point, "all")
+        return self.noise != "none" and point in POSITION_POINTS[self.position]
 
     def flip(self, point: str) -> nn.Module:
         return SignFlip() if self.noise == "periodic" and self._at(point) else nn.Identity()
@@ -145,6 +155,7 @@ class ResNet(nn.Module):
         autorelu_init: float = DEFAULT_AUTORELU_INIT,
         autorelu_constant: float = DEFAULT_CLIFF,
         autorelu_per_channel: bool = True,
+        autorelu_grad: AutoReLUGrad = DEFAULT_AUTORELU_GRAD,
         block: Type[BasicBlock] = BasicBlock,
     ) -> None:
         super().__init__()
@@ -152,7 +163,7 @@ class ResNet(nn.Module):
             raise ValueError(f"stem must be 'imagenet' or 'small', got {stem!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        self._noise = _NoiseFactory(noise, position, autorelu_init, autorelu_constant, autorelu_per_channel)
+        self._noise = _NoiseFactory(noise, position, autorelu_init, autorelu_constant, autorelu_per_channel, autorelu_grad)
         self._dropout = dropout
         self.inplanes = 64
         if stem == "imagenet":
@@ -218,6 +229,7 @@ def build_model(
     autorelu_init: float = DEFAULT_AUTORELU_INIT,
     autorelu_constant: float = DEFAULT_CLIFF,
     autorelu_per_channel: bool = True,
+    autorelu_grad: AutoReLUGrad = DEFAULT_AUTORELU_GRAD,
 ) -> nn.Module:
     """Build a classifier with optional noise injection, from scratch.
 
@@ -237,6 +249,7 @@ def build_model(
             autorelu_init=autorelu_init,
             autorelu_constant=autorelu_constant,
             autorelu_per_channel=autorelu_per_channel,
+            autorelu_grad=autorelu_grad,
         )
     library, _, arch = name.partition(":")
     if library not in ("torchvision", "timm") or not arch:
@@ -262,6 +275,7 @@ def build_model(
             autorelu_init=autorelu_init,
             autorelu_constant=autorelu_constant,
             autorelu_per_channel=autorelu_per_channel,
+            autorelu_grad=autorelu_grad,
         )
     return model
 
@@ -330,13 +344,45 @@ def _block_of(name: str, modules: dict[str, nn.Module]) -> str:
     return name
 
 
+def _apply_noise(bn: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    return bn.noise(output)
+
+
+def _hook_noise(bn: nn.Module) -> None:
+    """Make ``bn``'s child ``noise`` act on its output (once, however often this is called)."""
+    if _apply_noise not in bn._forward_hooks.values():
+        bn.register_forward_hook(_apply_noise)
+
+
 def _insert_after_bn(bn: nn.Module, injector: nn.Module) -> None:
     """Apply ``injector`` to ``bn``'s output, keeping every existing state_dict key."""
     if isinstance(getattr(bn, "act", None), _RELU_MODULES):  # timm BatchNormAct2d: norm -> act fused
         bn.act = injector if isinstance(injector, AutoReLU) else nn.Sequential(injector, bn.act)
         return
     bn.add_module("noise", injector)
-    bn.register_forward_hook(lambda module, inputs, output: module.noise(output))
+    _hook_noise(bn)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Every BatchNorm of ``model`` as a SyncBatchNorm (for DDP on GPUs), injected noise kept.
+
+    PyTorch's converter builds new modules without forward hooks, which would silently
+    drop the noise :func:`inject_noise` attached to foreign BatchNorms; timm's converter
+    (used when timm is installed) also keeps the activation of its fused
+    ``BatchNormAct2d``. Children (the ``noise`` module) carry over; their hooks are
+    attached again here. Works on CPU modules too.
+    """
+    try:
+        from timm.layers import convert_sync_batchnorm as convert
+    except ImportError:
+        convert = nn.SyncBatchNorm.convert_sync_batchnorm
+    model = convert(model)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and isinstance(
+            getattr(module, "noise", None), (SignFlip, AutoReLU)
+        ):
+            _hook_noise(module)
+    return model
 
 
 def inject_noise(
@@ -348,6 +394,7 @@ def inject_noise(
     autorelu_init: float = DEFAULT_AUTORELU_INIT,
     autorelu_constant: float = DEFAULT_CLIFF,
     autorelu_per_channel: bool = True,
+    autorelu_grad: AutoReLUGrad = DEFAULT_AUTORELU_GRAD,
 ) -> list[str]:
     """Put periodic or dynamic injection into any CNN with BatchNorm followed by ReLU.
 
@@ -399,7 +446,8 @@ def inject_noise(
             injector: nn.Module = SignFlip()
         else:
             injector = AutoReLU(
-                bn.num_features, init=autorelu_init, constant=autorelu_constant, per_channel=autorelu_per_channel
+                bn.num_features, init=autorelu_init, constant=autorelu_constant, per_channel=autorelu_per_channel,
+                grad=autorelu_grad,
             )
         _insert_after_bn(bn, injector)
     return chosen

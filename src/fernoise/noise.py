@@ -14,8 +14,12 @@ distribution it normally blocks. They differ in *when* the noise is on:
   ``y = CliffReLU(x * w) / |w|``. For ``w > 0`` this is a ReLU (with a far-away
   cliff); for ``w < 0`` it is the ReLU of ``-x``: the sign-flip noise. Before every
   training forward step all AutoReLU weights are reset to their common mean
-  (:func:`sync_autorelu`), so the whole network is either clean or noisy, and the
-  optimizer alone decides when the sign of that mean changes.
+  (:func:`sync_autorelu`), so the whole network is either clean or noisy; the
+  optimizer's updates of the weights decide when the sign of that mean changes.
+  ``grad="autograd"`` (the paper's formula, differentiated by autograd) gives each
+  weight a different, data-dependent update from float rounding, so the reset
+  matters; ``grad="exact"`` returns the analytic zero gradient, and ``w`` then
+  follows weight decay and Adam alone (see :class:`AutoReLU`).
 
 Evaluation never sees noise: :class:`SignFlip` is the identity and
 :class:`AutoReLU` uses ``|w|`` outside training mode.
@@ -33,6 +37,7 @@ __all__ = [
     "CliffReLU",
     "AutoReLU",
     "NoiseController",
+    "AutoReLUTrace",
     "cliff_relu",
     "auto_relu",
     "sync_autorelu",
@@ -42,9 +47,12 @@ __all__ = [
 
 ScheduleUnit = Literal["epoch", "step"]
 SyncScope = Literal["global", "layer"]
+AutoReLUGrad = Literal["autograd", "exact"]
 
 DEFAULT_CLIFF = 6.0
 DEFAULT_AUTORELU_INIT = 0.1
+DEFAULT_AUTORELU_GRAD: AutoReLUGrad = "autograd"
+AUTORELU_GRADS = ("autograd", "exact")
 AUTORELU_EPS = 1e-6
 
 
@@ -188,17 +196,31 @@ class _AutoReLUFunction(torch.autograd.Function):
         below_cliff = on_cpu and y.numel() > 0 and bool(y.max() < limit.min())  # False for NaN
         # NaN passes through, as through ReLU, so that a diverging run is noticed.
         y = y.relu() if below_cliff else torch.where(y >= limit, 0, y).relu_()
-        ctx.save_for_backward(y, sign)
+        # A mask, not y itself: a network's own in-place ReLU may follow (torchvision
+        # blocks do, after inject_noise) and would invalidate a saved output.
+        ctx.save_for_backward(y > 0, sign)
         ctx.weight_shape = weight.shape
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        y, sign = ctx.saved_tensors
-        grad_x = torch.ops.aten.threshold_backward(grad, y, 0)
-        if sign is not None:
-            grad_x.mul_(sign)
+        passed, sign = ctx.saved_tensors
+        grad_x = grad * (passed if sign is None else passed * sign)
         return grad_x, grad.new_zeros(ctx.weight_shape), None, None, None
+
+
+def _guarded(w: torch.Tensor, eps: float) -> torch.Tensor:
+    """``w`` with ``|w|`` at least ``eps`` and its sign kept (zero counts as positive)."""
+    return torch.where(w.abs() < eps, torch.where(w < 0, -eps, eps).to(w.dtype), w)
+
+
+def _auto_relu_autograd(x: torch.Tensor, w: torch.Tensor, constant: float, training: bool,
+                        eps: float) -> torch.Tensor:
+    """The composite formula, its gradients left to autograd (rounding residue in ``dL/dw`` included)."""
+    if w.dim() == 1 and x.dim() > 1:
+        w = w.view(1, -1, *([1] * (x.dim() - 2)))
+    w = _guarded(w if training else w.abs(), eps)
+    return cliff_relu(x * w, constant) / w.abs()
 
 
 def auto_relu(
@@ -207,17 +229,36 @@ def auto_relu(
     constant: float = DEFAULT_CLIFF,
     training: bool = True,
     eps: float = AUTORELU_EPS,
+    grad: AutoReLUGrad = DEFAULT_AUTORELU_GRAD,
 ) -> torch.Tensor:
     """Equation 2 with the text's ``|w|``: ``CliffReLU(x * w) / |w|``.
 
     ``w`` broadcasts over ``x`` (a scalar or one value per channel of dimension 1).
     In training mode a negative ``w`` gives ``ReLU(-x)`` up to the cliff at
     ``constant / |w|``: the sign-flip noise. Outside training the noise is removed
-    by using ``|w|``: ``CliffReLU(x * |w|) / |w|``. Gradients are the analytic ones:
-    ``sign(w)`` (or 1 outside training) for ``x`` inside ``0 < x * w < constant``,
-    0 elsewhere, and exactly 0 for ``w``.
+    by using ``|w|``: ``CliffReLU(x * |w|) / |w|``.
+
+    ``grad`` chooses how the backward pass is computed; the forward values agree up
+    to one rounding and the gradient of ``x`` is ``sign(w)`` (1 outside training)
+    inside ``0 < x * w < constant`` and 0 elsewhere in both:
+
+    * ``"autograd"`` (default, the paper's formula as written in PyTorch):
+      autograd differentiates ``x * w``, the cliff and the division. Analytically
+      ``dL/dw = sum(g * x * [cliff]) / |w| - sum(g * y) * sign(w) / |w|`` is zero, but
+      the two float sums do not cancel exactly; their residue, different for every
+      channel and batch and scaled up by Adam, is what spreads the weights apart
+      before each mean reset. Under bf16 autocast the output is fp32 (``x * w``
+      promotes), as it would be in a user's own module.
+    * ``"exact"``: one autograd Function with the analytic gradients, ``dL/dw``
+      exactly zero; about 2% cheaper per ResNet-18 step on a CPU, deterministic, and
+      keeps the input's dtype. Every weight then gets the same update (weight decay
+      only), so the mean reset changes nothing.
     """
-    return _AutoReLUFunction.apply(x, w, float(constant), bool(training), float(eps))
+    if grad == "exact":
+        return _AutoReLUFunction.apply(x, w, float(constant), bool(training), float(eps))
+    if grad == "autograd":
+        return _auto_relu_autograd(x, w, float(constant), bool(training), float(eps))
+    raise ValueError(f"AutoReLU grad must be one of {AUTORELU_GRADS}, got {grad!r}")
 
 
 class CliffReLU(nn.Module):
@@ -249,19 +290,23 @@ class AutoReLU(nn.Module):
             deviations of a BatchNorm output, so in its clean phase AutoReLU acts
             as the baseline's ReLU and only cuts rare outliers.
         per_channel: one weight per channel (default) or a single scalar.
+        grad: ``"autograd"`` (default: the paper's formula, differentiated by
+            autograd) or ``"exact"`` (analytic gradients, ``dL/dw = 0``); see
+            :func:`auto_relu`.
 
     **What moves ``w``.** Where the cliff is not hit, ``y = x * sign(w)``, and
     beyond it ``y = 0``: the loss gradient with respect to ``w`` is zero wherever it
-    exists, and :func:`auto_relu` returns exactly that zero (not the float residue
-    that autograd of the composite formula would leave, which depends on precision
-    and device). The optimizer's weight decay is therefore what drives ``w``: Adam
-    with coupled weight decay sees the gradient ``wd * w`` and steps by about ``lr``
-    towards zero at first; its momentum carries the common weight across zero, and
-    the sign then keeps changing around zero (the "dynamic" noise of section 3.2).
-    Adam's second moment remembers the larger early gradients, so the approach to
-    zero slows down, and with the paper's settings short runs may never cross
-    (RESULTS.md). Plain SGD, or AdamW's decoupled decay, shrinks ``w``
-    geometrically instead and never makes it change sign.
+    exists. With ``grad="exact"`` that zero is returned, and the optimizer's weight
+    decay alone drives ``w``: Adam with coupled weight decay sees the gradient
+    ``wd * w`` and steps by about ``lr`` towards zero at first; its momentum carries
+    the common weight across zero, so the schedule of sign changes is a fixed
+    function of init, lr and weight decay. With ``grad="autograd"`` the float residue
+    of the two cancelling sums is added to that gradient; Adam divides each weight's
+    gradient by its own running magnitude, so a residue far smaller than ``wd * w``
+    still moves each weight by up to about ``lr`` per step, differently for every
+    channel, batch and seed (RESULTS.md measures both on FER2013). Plain SGD, or
+    AdamW's decoupled decay, shrinks ``w`` geometrically instead and never makes it
+    change sign.
 
     **Division guard.** ``|w|`` below ``1e-6`` (``w == 0`` included) is replaced
     by ``1e-6`` with ``w``'s sign (zero counts as positive), so no inf or NaN can
@@ -275,19 +320,23 @@ class AutoReLU(nn.Module):
         init: float = DEFAULT_AUTORELU_INIT,
         constant: float = DEFAULT_CLIFF,
         per_channel: bool = True,
+        grad: AutoReLUGrad = DEFAULT_AUTORELU_GRAD,
     ) -> None:
         super().__init__()
         if not 0.0 < init < 1.0:
             raise ValueError(f"AutoReLU init must lie in (0, 1) (paper, section 3.2.1), got {init}")
         if constant <= 0:
             raise ValueError(f"AutoReLU cliff constant must be positive, got {constant}")
+        if grad not in AUTORELU_GRADS:
+            raise ValueError(f"AutoReLU grad must be one of {AUTORELU_GRADS}, got {grad!r}")
         self.constant = float(constant)
         self.per_channel = bool(per_channel)
+        self.grad: AutoReLUGrad = grad
         self.weight = nn.Parameter(torch.full((num_channels if per_channel else 1,), float(init)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight if self.per_channel else self.weight.reshape(())
-        return auto_relu(x, w, self.constant, self.training)
+        return auto_relu(x, w, self.constant, self.training, grad=self.grad)
 
     @property
     def noise_on(self) -> bool:
@@ -295,7 +344,8 @@ class AutoReLU(nn.Module):
         return bool(self.weight.detach().mean() < 0)
 
     def extra_repr(self) -> str:
-        return f"channels={self.weight.numel()}, constant={self.constant}, per_channel={self.per_channel}"
+        return (f"channels={self.weight.numel()}, constant={self.constant}, per_channel={self.per_channel}, "
+                f"grad={self.grad!r}")
 
 
 def _autorelus(model: nn.Module) -> list[AutoReLU]:
@@ -331,6 +381,58 @@ def autorelu_weight(model: nn.Module) -> Optional[float]:
 
 # --------------------------------------------------------------------------- training hook
 
+TRACE_COLUMNS = ("w", "w_min", "w_max", "grad_mean", "grad_absmax")
+
+
+class AutoReLUTrace:
+    """Per-step record of the AutoReLU weights, for seeing when dynamic noise is on.
+
+    For every training step one row of :data:`TRACE_COLUMNS`: the common weight
+    after the mean reset (noise is on when it is negative), the smallest and largest
+    weight just before the reset (how far the last update spread the units apart),
+    and the mean and largest magnitude of the raw loss gradient of the weights in
+    that step (before weight decay; this process's own under torchrun). Rows stay on
+    the weights' device until :meth:`take` (no host sync per step).
+    """
+
+    def __init__(self, units: list[AutoReLU]) -> None:
+        self._numel = sum(u.weight.numel() for u in units)
+        self._rows: list[torch.Tensor] = []
+        self._weights: Optional[torch.Tensor] = None
+        self._grads: list[torch.Tensor] = []
+        self._hooks = [u.weight.register_post_accumulate_grad_hook(self._on_grad) for u in units]
+
+    def _on_grad(self, weight: torch.Tensor) -> None:
+        grad = weight.grad.detach().float()
+        self._grads.append(torch.stack([grad.sum(), grad.abs().max()]))
+
+    def _close_step(self) -> None:
+        if self._weights is None:
+            return
+        if self._grads:
+            grads = torch.stack(self._grads)
+            grad = torch.stack([grads[:, 0].sum() / self._numel, grads[:, 1].max()])
+        else:  # a skipped step (non-finite loss) has no gradient
+            grad = torch.full((2,), float("nan"), device=self._weights.device)
+        self._rows.append(torch.cat([self._weights, grad]))
+        self._weights, self._grads = None, []
+
+    def before_reset(self, weights: torch.Tensor, mean: torch.Tensor) -> None:
+        """Open the row of a new step from all weights (flattened) before the reset and their mean."""
+        self._close_step()
+        self._weights = torch.stack([mean, weights.min(), weights.max()]).float()
+
+    def take(self) -> list[list[float]]:
+        """The rows recorded since the last call, as Python floats (one host sync)."""
+        self._close_step()
+        rows = torch.stack(self._rows).tolist() if self._rows else []
+        self._rows = []
+        return rows
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
 
 class NoiseController:
     """Drives a model's injection points from a training loop.
@@ -351,6 +453,8 @@ class NoiseController:
     switches the :class:`SignFlip` modules; for dynamic models it synchronises the
     AutoReLU weights before each step. It counts, on the weights' device, how many
     steps of the epoch had noise on, without forcing a device sync per step.
+    With ``trace=True`` a dynamic model's weights are also recorded every step
+    (:class:`AutoReLUTrace`, read with :meth:`take_trace`); not inside a CUDA graph.
     """
 
     def __init__(
@@ -358,6 +462,7 @@ class NoiseController:
         model: nn.Module,
         schedule: Optional[PeriodicSchedule] = None,
         sync_scope: SyncScope = "global",
+        trace: bool = False,
     ) -> None:
         self.flips = [m for m in model.modules() if isinstance(m, SignFlip)]
         self.autorelus = _autorelus(model)
@@ -365,6 +470,7 @@ class NoiseController:
             raise ValueError("the model has periodic injection points (SignFlip) but no PeriodicSchedule was given")
         self.schedule = schedule if self.flips else None
         self.sync_scope: SyncScope = sync_scope
+        self.trace = AutoReLUTrace(self.autorelus) if trace and self.autorelus else None
         self._periodic_on = False
         self._steps = 0
         self._noisy_steps: torch.Tensor | int = 0
@@ -398,7 +504,16 @@ class NoiseController:
 
     def sync(self) -> Optional[torch.Tensor]:
         """Reset AutoReLU weights to their mean and return it (tensor ops only: safe in a CUDA graph)."""
-        return sync_autorelu(self.autorelus, self.sync_scope) if self.autorelus else None
+        if not self.autorelus:
+            return None
+        if self.trace is not None:
+            weights = torch.cat([u.weight.detach().reshape(-1) for u in self.autorelus])
+            self.trace.before_reset(weights, weights.mean())
+        return sync_autorelu(self.autorelus, self.sync_scope)
+
+    def take_trace(self) -> list[list[float]]:
+        """The :class:`AutoReLUTrace` rows since the last call (empty without ``trace``)."""
+        return self.trace.take() if self.trace is not None else []
 
     def count(self, mean: Optional[torch.Tensor]) -> None:
         """Record whether this step was noisy, from :meth:`sync`'s mean, without a device sync."""

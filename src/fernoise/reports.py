@@ -30,6 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .io import write_bytes_atomic, write_text_atomic
+from .noise import TRACE_COLUMNS
+from .train import TRACE_FILE
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -89,6 +91,7 @@ class RunRecord:
     metrics: dict[str, np.ndarray]  # one float64 column per metrics.csv column
     summary: dict[str, Any]
     config: dict[str, Any]
+    trace: dict[str, np.ndarray] | None = None  # autorelu_trace.csv of a dynamic run, when written
 
     @property
     def epochs(self) -> int:
@@ -128,10 +131,12 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _read_metrics(path: Path) -> dict[str, np.ndarray]:
+def _read_metrics(path: Path, columns: Sequence[str] = METRIC_COLUMNS, key: str | None = "epoch"
+                  ) -> dict[str, np.ndarray]:
+    """A numeric CSV as columns; ``key``, when given, must be an integer that increases from row to row."""
     reader = csv.reader(io.StringIO(_read_text(path)))
     header = [name.strip() for name in next(reader, [])]
-    missing = [name for name in METRIC_COLUMNS if name not in header]
+    missing = [name for name in columns if name not in header]
     if missing:
         raise RunFormatError(f"{path}:1: header lacks column(s) {', '.join(missing)}")
     rows: list[list[float]] = []
@@ -148,13 +153,13 @@ def _read_metrics(path: Path) -> dict[str, np.ndarray]:
                 values.append(float(text) if text else math.nan)  # an empty cell is a missing value
             except ValueError:
                 raise RunFormatError(f"{path}:{line}: column '{name}': {text!r} is not a number") from None
-        epoch = values[header.index("epoch")]
-        if not math.isfinite(epoch) or epoch != int(epoch) or (rows and epoch <= rows[-1][header.index("epoch")]):
-            raw = fields[header.index("epoch")].strip()
-            raise RunFormatError(f"{path}:{line}: epoch {raw!r} is not an integer above the previous row's")
+        index = values[header.index(key)] if key else 0.0
+        if key and (not math.isfinite(index) or index != int(index) or (rows and index <= rows[-1][header.index(key)])):
+            raw = fields[header.index(key)].strip()
+            raise RunFormatError(f"{path}:{line}: {key} {raw!r} is not an integer above the previous row's")
         rows.append(values)
     if not rows:
-        raise RunFormatError(f"{path}: no epochs recorded")
+        raise RunFormatError(f"{path}: no {key or 'row'}s recorded")
     table = np.array(rows, dtype=np.float64)
     return {name: table[:, i] for i, name in enumerate(header)}
 
@@ -177,12 +182,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def read_trace(path: PathLike) -> dict[str, np.ndarray]:
+    """An ``autorelu_trace.csv`` (one row per training step) as columns."""
+    return _read_metrics(Path(path), ("epoch", "step", *TRACE_COLUMNS), key=None)
+
+
 def load_run(run_dir: PathLike) -> RunRecord:
     """Read one run directory; raises :class:`RunFormatError` naming the offending file (and line)."""
     path = Path(run_dir)
     if not path.is_dir():
         raise RunFormatError(f"{path}: not a directory")
     config = _read_config(path / "config.yaml")
+    trace_path = path / TRACE_FILE
     return RunRecord(
         path=path,
         method=config["method"],
@@ -190,6 +201,7 @@ def load_run(run_dir: PathLike) -> RunRecord:
         metrics=_read_metrics(path / "metrics.csv"),
         summary=_read_summary(path / "summary.json"),
         config=config,
+        trace=read_trace(trace_path) if trace_path.is_file() else None,
     )
 
 
@@ -493,10 +505,21 @@ def _plot_pair(
     _save(fig, path)
 
 
+def _trace_epochs(trace: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Each traced step's position in epochs: epoch e's steps spread over (e - 1, e]."""
+    epochs = trace["epoch"]
+    per_epoch = {e: np.count_nonzero(epochs == e) for e in np.unique(epochs)}
+    return epochs - 1 + trace["step"] / np.array([per_epoch[e] for e in epochs])
+
+
 def _plot_autorelu(groups: Mapping[str, list[RunRecord]], path: Path) -> bool:
-    """The common AutoReLU weight per seed, one panel per method that logs it; False if none does."""
+    """The common AutoReLU weight per seed, one panel per method that logs it; False if none does.
+
+    Step by step where the run has an AutoReLU trace, else once per epoch from metrics.csv.
+    """
     logged = {
-        method: [run for run in group if np.isfinite(run.metrics.get("autorelu_w", np.array([np.nan]))).any()]
+        method: [run for run in group if run.trace is not None
+                 or np.isfinite(run.metrics.get("autorelu_w", np.array([np.nan]))).any()]
         for method, group in groups.items()
     }
     logged = {method: group for method, group in logged.items() if group}
@@ -507,8 +530,12 @@ def _plot_autorelu(groups: Mapping[str, list[RunRecord]], path: Path) -> bool:
         info = method_info(method)
         _shade_noise(ax, group, "0.5")
         for run in group:
-            ax.plot(run.metrics["epoch"], run.metrics["autorelu_w"], lw=1.4, label=f"seed {run.seed}")
+            if run.trace is not None:
+                ax.plot(_trace_epochs(run.trace), run.trace["w"], lw=0.8, label=f"seed {run.seed} (every step)")
+            else:
+                ax.plot(run.metrics["epoch"], run.metrics["autorelu_w"], lw=1.4, label=f"seed {run.seed} (end of epoch)")
         ax.axhline(0.0, color="black", lw=0.9)
+        ax.set_yscale("symlog", linthresh=1e-4)
         ax.set(xlabel="epoch", ylabel="AutoReLU weight w", title=f"Common AutoReLU weight: {info.long_label}")
         ax.grid(alpha=0.3)
         shading = Patch(facecolor="0.5", alpha=0.3, label="noise on (seed mean)")
@@ -516,6 +543,82 @@ def _plot_autorelu(groups: Mapping[str, list[RunRecord]], path: Path) -> bool:
         ax.legend(handles=handles, fontsize=8, loc="best")
     _save(fig, path)
     return True
+
+
+def _stretches(on: np.ndarray) -> list[int]:
+    """Lengths of the runs of consecutive True values."""
+    edges = np.diff(np.concatenate([[0], on.astype(np.int8), [0]]))
+    return list(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))
+
+
+def trace_stats(trace: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """How a dynamic run's noise behaved, from its per-step trace.
+
+    Noise is on in a step whose common weight (after the mean reset) is negative.
+    Steps are counted from 1 over the whole run; ``switches`` counts every change
+    between clean and noisy steps.
+    """
+    noisy = trace["w"] < 0
+    epochs = trace["epoch"].astype(int)
+    stretches = _stretches(noisy)
+    return {
+        "steps": int(noisy.size),
+        "noisy_steps": int(noisy.sum()),
+        "noisy_share": float(noisy.mean()),
+        "first_noisy_step": int(np.argmax(noisy)) + 1 if noisy.any() else None,
+        "switches": int(np.count_nonzero(noisy[1:] != noisy[:-1])),
+        "noisy_stretches": len(stretches),
+        "longest_noisy_stretch": int(max(stretches, default=0)),
+        "noisy_share_per_epoch": {int(e): float(noisy[epochs == e].mean()) for e in np.unique(epochs)},
+        "final_w": float(trace["w"][-1]),
+    }
+
+
+def plot_autorelu_trace(trace: Mapping[str, np.ndarray], path: PathLike, title: str) -> None:
+    """Three panels over training steps: the common weight (noisy steps shaded), the spread of the
+    weights before each reset, and the raw gradient of the weights."""
+    steps = np.arange(1, trace["w"].size + 1)
+    noisy = trace["w"] < 0
+    fig = Figure(figsize=(8.5, 8.0), layout="constrained")
+    axes = fig.subplots(3, 1, sharex=True)
+    panels = (
+        ("common w after the reset", [(trace["w"], "w", "tab:red")], "symlog"),
+        ("spread before the reset", [(trace["w_max"] - trace["w_min"], "max w - min w", "tab:blue")], "log"),
+        ("raw gradient of w", [(np.abs(trace["grad_mean"]), "|mean|", "tab:green"),
+                               (trace["grad_absmax"], "max |g|", "tab:gray")], "log"),
+    )
+    for ax, (ylabel, curves, scale) in zip(axes, panels):
+        ax.fill_between(steps, 0, 1, where=noisy, transform=ax.get_xaxis_transform(), color="tab:red",
+                        alpha=0.15, lw=0, step="mid", label="noise on")
+        for values, label, color in curves:
+            ax.plot(steps, values, lw=0.8, color=color, label=label)
+        for boundary in steps[np.flatnonzero(np.diff(trace["epoch"])) + 1]:
+            ax.axvline(boundary - 0.5, color="0.7", lw=0.6)
+        if scale == "symlog":
+            ax.set_yscale("symlog", linthresh=1e-4)
+        elif any(np.any(values > 0) for values, _, _ in curves):  # an exact-gradient run's zeros stay linear
+            ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    axes[0].axhline(0.0, color="black", lw=0.8)
+    axes[-1].set_xlabel("training step (grey lines: epoch boundaries)")
+    axes[0].set_title(title)
+    _save(fig, Path(path))
+
+
+def write_trace_report(run_dir: PathLike) -> dict[str, Any]:
+    """``autorelu_trace.png`` and ``autorelu_trace.json`` (:func:`trace_stats`) for a traced dynamic run."""
+    run = load_run(run_dir)
+    if run.trace is None:
+        raise RunFormatError(f"{run.path / TRACE_FILE}: missing (only dynamic runs trained without --capture have one)")
+    stats = trace_stats(run.trace)
+    cfg = run.config
+    title = (f"{run.path.name}: AutoReLU grad={cfg.get('autorelu_grad', 'exact')}, init {cfg.get('autorelu_init')}, "
+             f"{cfg.get('optimizer')} lr {cfg.get('lr')} wd {cfg.get('weight_decay')}, seed {run.seed}")
+    plot_autorelu_trace(run.trace, run.path / "autorelu_trace.png", title)
+    write_text_atomic(run.path / "autorelu_trace.json", json.dumps(stats, indent=2) + "\n")
+    return stats
 
 
 def plot_confusion(matrix: Any, class_names: Sequence[str], path: PathLike, title: str) -> None:

@@ -75,7 +75,7 @@ def reproduce(
                 todo.append((cfg, run_dir))
     if jobs == 1 or len(todo) <= 1:
         for cfg, run_dir in todo:
-            _train_run(cfg, run_dir, quiet, log)
+            ensure_run(cfg, run_dir, quiet, log)
     else:
         _train_concurrently(todo, jobs, quiet, log)
     runs = load_runs(run_dirs)
@@ -89,7 +89,10 @@ def reproduce(
     return write_report(runs, out, command=command, data_description=description)
 
 
-def _train_run(cfg: TrainConfig, run_dir: Path, quiet: bool, log: Callable[[str], None]) -> None:
+def ensure_run(cfg: TrainConfig, run_dir: Path, quiet: bool, log: Callable[[str], None]) -> None:
+    """Reuse the finished run in ``run_dir``, resume it from ``last.pt``, or train it from the start."""
+    if _finished(run_dir, cfg):
+        return
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
     log(f"[{run_dir.name}] {'resuming' if resume else 'training'}")
     train(cfg, run_dir, resume=resume, quiet=quiet, log=lambda msg: log(f"[{run_dir.name}] {msg}"))
@@ -106,7 +109,7 @@ def _worker(cfg_dict: dict[str, Any], run_dir: str, gpu: Optional[int]) -> None:
 
     if gpu is not None:
         torch.cuda.set_device(gpu)
-    _train_run(TrainConfig(**cfg_dict), Path(run_dir), True, lambda msg: print(msg, flush=True))
+    ensure_run(TrainConfig(**cfg_dict), Path(run_dir), True, lambda msg: print(msg, flush=True))
 
 
 def _train_concurrently(todo: list[tuple[TrainConfig, Path]], jobs: int, quiet: bool,

@@ -32,10 +32,11 @@ from fernoise.evaluate import evaluate_arrays
 from fernoise.io import PathLike, RunLock, write_text_atomic
 from fernoise.metrics import RunningF1
 from fernoise.models import build_model
-from fernoise.noise import NoiseController, PeriodicSchedule, autorelu_weight
+from fernoise.noise import TRACE_COLUMNS, NoiseController, PeriodicSchedule, autorelu_weight
 from fernoise.step import TrainStep
 
 CHECK_EVERY = 10  # steps between host syncs for the progress bar and the NaN check
+TRACE_FILE = "autorelu_trace.csv"  # dynamic runs: one row per training step (AutoReLUTrace)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_f1", "val_loss", "val_f1", "val_acc", "noise_on", "lr", "seconds"]
 
 
@@ -88,6 +89,7 @@ def model_kwargs(cfg: TrainConfig, packed: PackedData) -> dict[str, Any]:
         "stem": cfg.stem,
         "autorelu_init": cfg.autorelu_init,
         "autorelu_constant": cfg.autorelu_constant,
+        "autorelu_grad": cfg.autorelu_grad,
     }
 
 
@@ -122,11 +124,21 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator, device: to
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _read_metrics(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
+def _read_trace(path: Path, start_epoch: int) -> list[list[Any]]:
+    """The trace rows of the epochs before ``start_epoch`` (a resumed run repeats the later ones)."""
+    if start_epoch == 1 or not path.is_file():
         return []
     with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+        rows = [[int(r["epoch"]), int(r["step"]), *(float(r[c]) for c in TRACE_COLUMNS)] for r in csv.DictReader(handle)]
+    return [r for r in rows if r[0] < start_epoch]
+
+
+def _write_trace(path: Path, rows: list[list[Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["epoch", "step", *TRACE_COLUMNS])
+    writer.writerows([r[:2] + [f"{v:.9g}" for v in r[2:]] for r in rows])
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -222,7 +234,8 @@ def _train_locked(
     optimizer = _optimizer(cfg, model, device)
     scheduler = _scheduler(cfg, optimizer)
     schedule = PeriodicSchedule(cfg.interval, cfg.interval_unit) if cfg.noise == "periodic" else None
-    controller = NoiseController(model, schedule, sync_scope=cfg.autorelu_sync)
+    # The per-step AutoReLU trace cannot be recorded from inside a CUDA graph.
+    controller = NoiseController(model, schedule, sync_scope=cfg.autorelu_sync, trace=not cfg.capture)
     augment = Augmenter(cfg.augment, packed.size, packed.channels, packed.mean, packed.std).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     weights = class_weights(data.train_labels, num_classes).to(device) if cfg.class_weighted_loss else None
@@ -239,6 +252,7 @@ def _train_locked(
         log(f"resuming {out} after epoch {start_epoch - 1}")
     elif resume:
         log(f"{out}: no epoch had finished, starting from the beginning")
+    trace_rows = _read_trace(out / TRACE_FILE, start_epoch) if controller.trace is not None else []
     writer = None
     if ddp.is_main:
         write_text_atomic(out / "config.yaml", cfg.to_yaml())
@@ -255,6 +269,7 @@ def _train_locked(
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             row = _train_epoch(cfg, epoch, net, train_step, controller, augment, data, generator, device, ddp, quiet)
+            trace_rows += [[epoch, step, *values] for step, values in enumerate(controller.take_trace(), start=1)]
             val = evaluate_arrays(
                 model, data.val_images, data.val_labels, num_classes, augment, device, cfg.eval_batch_size, cfg.tta_flip
             )
@@ -297,6 +312,8 @@ def _train_locked(
                 save_checkpoint(best_path, state)
             save_checkpoint(last_path, state)
             _write_metrics(out / "metrics.csv", rows)
+            if trace_rows:
+                _write_trace(out / TRACE_FILE, trace_rows)
             noise = f" noise {row['noise_on']:.2f}" if controller.method != "none" else ""
             log(
                 f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
