@@ -151,3 +151,15 @@ def test_a_directory_of_runs_gives_one_table_and_prepares_the_data_once(tmp_path
     assert main(args) == 2
     out, err = capsys.readouterr()
     assert "| periodic-seed0 |" in out and "dynamic-seed0: " in out and "not a PyTorch checkpoint" in out
+
+
+def test_caches_from_before_source_splits_still_tell_a_carved_val_split(tmp_path):
+    from fernoise.evaluate import choose_splits
+
+    flat = load_data(str(make_folders(tmp_path / "CK", splits=None, per_class=4)), size=16,
+                     cache_dir=str(tmp_path / "cache"), progress=False, quiet=True)
+    assert choose_splits(flat, None, "CK")[0] == ["train", "val"]
+    del flat.meta["source_splits"]  # an older cache: only its note says that val was carved
+    assert choose_splits(flat, None, "CK") == (["train", "val"], "every image, as it has no split folders of its own")
+    flat.meta["notes"] = []
+    assert choose_splits(flat, None, "CK") == (["val"], "the val split")

@@ -125,7 +125,7 @@ def _load_packed(data: str, size: int, data_format: Optional[str], cache_dir: Op
     """The data set at ``size``, prepared once per size when ``prepared`` memoises it."""
     if prepared is not None and size in prepared:
         return prepared[size]
-    packed = load_data(data, size=size, format=data_format, cache_dir=cache_dir, progress=progress, quiet=not progress)
+    packed = load_data(data, size=size, format=data_format, cache_dir=cache_dir, progress=progress)
     if prepared is not None:
         prepared[size] = packed
     return packed
@@ -313,12 +313,14 @@ def evaluate_runs(
 
 
 def _by_method(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by method, methods in the paper's order, then others by name."""
     from fernoise.config import METHODS
 
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(str(row["method"]), []).append(row)
-    return dict(sorted(groups.items(), key=lambda kv: (list(METHODS).index(kv[0]) if kv[0] in METHODS else len(METHODS), kv[0])))
+    order = [m for m in METHODS if m in groups] + sorted(m for m in groups if m not in METHODS)
+    return {m: groups[m] for m in order}
 
 
 def runs_markdown(result: dict[str, Any]) -> str:
