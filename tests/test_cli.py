@@ -93,7 +93,8 @@ def test_evaluate_across_data_sets_counts_unknown_classes(tmp_path):
                       "--cache-dir", str(tmp_path / "cache"), "--quiet")
     scores = json.loads(report.read_text())
     assert scores["excluded"] == {"contempt": 6} and scores["n"] == 12
-    assert "left out 6 samples" in result.stdout
+    assert "the val split: 18 images (val 18); scored 12, left out 6 of classes the model does not know (contempt: 6)" \
+        in result.stdout.splitlines()[0]
     assert (tmp_path / "eval.confusion.png").is_file()
 
 

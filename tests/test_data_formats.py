@@ -104,8 +104,12 @@ def test_empty_class_folder(tmp_path):
 
 def test_empty_split_and_no_train(tmp_path):
     root = make_folders(tmp_path / "src", splits=("val",))
-    with pytest.raises(DataError, match="no training images"):
-        build(root, tmp_path)
+    data = build(root, tmp_path)  # evaluation needs no training images (training refuses: test_evaluate.py)
+    assert list(data.splits) == ["val"] and data.meta["source_splits"] == ["val"] and data.meta["stats_split"] == "val"
+    empty = tmp_path / "empty"
+    (empty / "test" / "fear").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"empty: no images found in the folders layout"):
+        build(empty, tmp_path / "again", skip_bad=True)
     (root / "train").mkdir()
     (root / "train" / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="empty train split"):

@@ -103,11 +103,13 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bars (for logs)")
     _train_options(t)
 
-    e = sub.add_parser("evaluate", help="score a checkpoint on a data set", description="Macro-F1, accuracy, per-class scores and confusion matrix of a checkpoint.")
-    e.add_argument("checkpoint", help="a fernoise checkpoint (.pt)")
+    e = sub.add_parser("evaluate", help="score a checkpoint on a data set", description="Macro-F1, accuracy, per-class scores and confusion matrix of a checkpoint; for a directory of runs, one table of every run's best.pt.")
+    e.add_argument("checkpoint", help="a fernoise checkpoint (.pt), or a directory of run folders: each run's best.pt is scored")
     e.add_argument("--data", default="synthetic", help="data set path or 'synthetic' (default)")
-    e.add_argument("--split", default="val", choices=["train", "val", "test"], help="split to score (default val)")
+    e.add_argument("--split", choices=["train", "val", "test", "all"],
+                   help="split to score, or all (default: its own val split, else its own test split, else every image)")
     e.add_argument("--json", help="write all scores to this JSON file")
+    e.add_argument("--csv", help="write the table (run, method, seed, macro-F1, accuracy, ...) to this CSV file")
     e.add_argument("--confusion", help="write the confusion matrix PNG here (default: beside --json, if given)")
     e.add_argument("--format", dest="data_format", help="data layout, when detection is not wanted")
     e.add_argument("--cache-dir", help="where prepared caches live")
@@ -192,16 +194,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from fernoise.evaluate import evaluate_checkpoint, format_scores, write_evaluation
+    from fernoise.evaluate import evaluate_command
 
-    scores = evaluate_checkpoint(
-        args.checkpoint, args.data, split=args.split, data_format=args.data_format, cache_dir=args.cache_dir,
-        device=args.device, tta_flip=args.tta_flip, progress=not args.quiet,
-    )
-    print(format_scores(scores))
-    confusion = args.confusion or (str(Path(args.json).with_suffix(".confusion.png")) if args.json else None)
-    write_evaluation(scores, args.json, confusion)
-    return 0
+    return evaluate_command(args)
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:

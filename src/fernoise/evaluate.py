@@ -1,21 +1,29 @@
-"""Evaluation: scores of a model on arrays, and of a checkpoint on any data set.
+"""Evaluation: scores of a model on arrays, of a checkpoint on any data set, and of a grid of runs.
 
 Across data sets, classes are matched by canonical name: a sample whose class
 the model does not know is left out and counted (``excluded``), never scored
-silently as wrong or right.
+silently as wrong or right. Preprocessing (size, channels, mean, std) always comes
+from the checkpoint, never from the evaluated data.
+
+Which images are scored (``split=None``): the data set's own val split; else its own
+test split; else, when it has no split folders of its own (a val split fernoise
+carved out does not count), every image. ``split="all"`` scores every image of
+every split.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from fernoise.checkpoint import load_checkpoint, model_from_checkpoint
-from fernoise.data import Augmenter, iterate_batches, load_data
+from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from fernoise.data import Augmenter, PackedData, iterate_batches, load_data
 from fernoise.distributed import resolve_device
 from fernoise.io import PathLike, write_text_atomic
 from fernoise.metrics import classification_scores
@@ -47,6 +55,15 @@ def predict_arrays(
     return torch.cat(outputs) if outputs else torch.empty(0, 0)
 
 
+def scores_from_logits(logits: torch.Tensor, labels: Any, class_names: Sequence[str]) -> dict[str, Any]:
+    """Loss, macro-F1, accuracy and per-class scores of logits against integer labels."""
+    targets = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    loss = float(nn.functional.cross_entropy(logits, targets)) if len(targets) else float("nan")
+    scores = classification_scores(targets.numpy(), logits.argmax(1).numpy(), len(class_names), list(class_names))
+    scores["loss"] = loss
+    return scores
+
+
 def evaluate_arrays(
     model: nn.Module,
     images: np.ndarray,
@@ -60,19 +77,65 @@ def evaluate_arrays(
 ) -> dict[str, Any]:
     """Loss, macro-F1, accuracy and per-class scores of ``model`` on labelled arrays."""
     logits = predict_arrays(model, images, augment, device, batch_size, tta_flip)
-    targets = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    loss = float(nn.functional.cross_entropy(logits, targets)) if len(targets) else float("nan")
-    names = class_names or [str(i) for i in range(num_classes)]
-    scores = classification_scores(targets.numpy(), logits.argmax(1).numpy(), num_classes, names)
-    scores["loss"] = loss
-    return scores
+    return scores_from_logits(logits, labels, class_names or [str(i) for i in range(num_classes)])
+
+
+# --------------------------------------------------------------------------- which images
+
+
+SPLITS = ("train", "val", "test")
+
+
+def own_splits(packed: PackedData) -> list[str]:
+    """The splits the source defines itself: not a val split that fernoise carved out of train."""
+    if "source_splits" in packed.meta:
+        return [s for s in packed.meta["source_splits"] if s in packed.splits]
+    # caches written before source_splits was recorded: the carving left a note
+    carved = any(str(note).startswith("no val split in the source") for note in packed.meta.get("notes", []))
+    return [s for s in SPLITS if s in packed.splits and not (carved and s == "val")]
+
+
+def choose_splits(packed: PackedData, split: Optional[str], data: str) -> tuple[list[str], str]:
+    """The splits to score and, in words, why those (see the module docstring)."""
+    present = [s for s in SPLITS if s in packed.splits]
+    own = own_splits(packed)
+    if split == "all":
+        return present, "every split (--split all)"
+    if split is not None:
+        if split not in packed.splits:
+            raise ValueError(f"{data}: no '{split}' split (it has {', '.join(present)}); --split all scores every image")
+        return [split], f"the {split} split"
+    if "val" in own:
+        return ["val"], "the val split"
+    if "test" in own:
+        return ["test"], "the test split (it has no val split of its own)"
+    return present, "every image, as it has no split folders of its own"
+
+
+def _split_counts(packed: PackedData, splits: Sequence[str]) -> str:
+    own = own_splits(packed)
+    return " + ".join(f"{s} {len(packed.splits[s])}" + ("" if s in own else " carved by fernoise") for s in splits)
+
+
+# --------------------------------------------------------------------------- one checkpoint
+
+
+def _load_packed(data: str, size: int, data_format: Optional[str], cache_dir: Optional[str], progress: bool,
+                 prepared: Optional[dict[int, PackedData]] = None) -> PackedData:
+    """The data set at ``size``, prepared once per size when ``prepared`` memoises it."""
+    if prepared is not None and size in prepared:
+        return prepared[size]
+    packed = load_data(data, size=size, format=data_format, cache_dir=cache_dir, progress=progress)
+    if prepared is not None:
+        prepared[size] = packed
+    return packed
 
 
 def evaluate_checkpoint(
     checkpoint_path: PathLike,
     data: str,
     *,
-    split: str = "val",
+    split: Optional[str] = None,
     data_format: Optional[str] = None,
     cache_dir: Optional[str] = None,
     device: str = "auto",
@@ -80,53 +143,80 @@ def evaluate_checkpoint(
     tta_flip: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score a checkpoint on a split of any data set, matching classes by name."""
+    """Score a checkpoint on a data set, matching classes by name.
+
+    ``split``: ``train``, ``val``, ``test``, ``all``, or None for the default (module docstring).
+    """
     checkpoint = load_checkpoint(checkpoint_path)
+    packed = _load_packed(data, checkpoint["input"]["size"], data_format, cache_dir, progress)
+    return score_checkpoint(checkpoint, checkpoint_path, packed, data, split, device=device, batch_size=batch_size,
+                            tta_flip=tta_flip)
+
+
+def score_checkpoint(
+    checkpoint: dict[str, Any],
+    checkpoint_path: PathLike,
+    packed: PackedData,
+    data: str,
+    split: Optional[str] = None,
+    *,
+    device: str = "auto",
+    batch_size: int = 256,
+    tta_flip: bool = False,
+) -> dict[str, Any]:
+    """:func:`evaluate_checkpoint` for a loaded checkpoint and a prepared data set."""
     model_classes = list(checkpoint["classes"])
     spec = checkpoint["input"]
-    packed = load_data(data, size=spec["size"], format=data_format, cache_dir=cache_dir, progress=progress)
-    if split not in packed.splits:
-        raise ValueError(f"{data}: no '{split}' split (it has {', '.join(sorted(packed.splits))})")
-    images, labels = packed.splits[split].images, np.asarray(packed.splits[split].labels)
+    splits, chosen = choose_splits(packed, split, data)
+    labels = np.concatenate([np.asarray(packed.splits[s].labels) for s in splits])
     to_model = {i: model_classes.index(name) for i, name in enumerate(packed.classes) if name in model_classes}
     known = np.isin(labels, list(to_model))
     excluded = {
         name: int((labels == i).sum()) for i, name in enumerate(packed.classes) if i not in to_model and (labels == i).any()
     }
     if not known.any():
-        raise ValueError(f"{data}: none of its classes ({', '.join(packed.classes)}) is known to the model ({', '.join(model_classes)})")
-    mapped = np.vectorize(to_model.get)(labels[known]).astype(np.int64)
-    images = images[np.flatnonzero(known)] if not known.all() else images
+        raise ValueError(f"{data}: none of its classes ({', '.join(packed.classes)}) is known to the model "
+                         f"{checkpoint_path} ({', '.join(model_classes)})")
 
     torch_device = resolve_device(device)
     model = model_from_checkpoint(checkpoint, checkpoint_path).to(torch_device)
     augment = Augmenter("none", spec["size"], spec["channels"], spec["mean"], spec["std"]).to(torch_device)
-    scores = evaluate_arrays(
-        model, images, mapped, len(model_classes), augment, torch_device, batch_size, tta_flip,
-        class_names=model_classes,
-    )
+    # every image is run (unknown classes too, then dropped), so no split is copied out of its memory map
+    logits = torch.cat([
+        predict_arrays(model, packed.splits[s].images, augment, torch_device, batch_size, tta_flip) for s in splits
+    ])
+    mapped = np.vectorize(to_model.get, otypes=[np.int64])(labels[known])
+    scores = scores_from_logits(logits[torch.from_numpy(known)], mapped, model_classes)
+    config = checkpoint.get("config") or {}
+    excluded_total = int(sum(excluded.values()))
+    left_out = (f"left out {excluded_total} of classes the model does not know "
+                f"({', '.join(f'{k}: {v}' for k, v in excluded.items())})" if excluded_total else "none left out")
     scores.update(
         checkpoint=str(checkpoint_path),
         data=str(data),
-        split=split,
+        split="+".join(splits),
+        splits={s: len(packed.splits[s]) for s in splits},
+        chosen=f"{data}: {chosen}: {len(labels)} images ({_split_counts(packed, splits)})",
         classes=model_classes,
         excluded=excluded,
-        excluded_total=int(sum(excluded.values())),
+        excluded_total=excluded_total,
+        method=config.get("method"),
+        seed=config.get("seed"),
+        epoch=checkpoint.get("epoch"),
     )
+    scores["selection"] = f"{scores['chosen']}; scored {scores['n']}, {left_out}"
     return scores
 
 
 def format_scores(scores: dict[str, Any]) -> str:
-    """A readable report: headline scores, per-class table and confusion matrix."""
+    """A readable report: which images, headline scores, per-class table and confusion matrix."""
     names = scores["classes"]
     width = max(9, *(len(n) for n in names)) + 1
     lines = [
+        scores["selection"],
         f"{scores['data']} [{scores['split']}]  n={scores['n']}  macro-F1 {scores['macro_f1']:.4f}  "
         f"accuracy {scores['accuracy']:.4f}  loss {scores['loss']:.4f}",
     ]
-    if scores["excluded_total"]:
-        detail = ", ".join(f"{k}: {v}" for k, v in scores["excluded"].items())
-        lines.append(f"left out {scores['excluded_total']} samples of classes the model does not know ({detail})")
     lines.append(f"{'class':<{width}} precision  recall     f1  support")
     for name in names:
         lines.append(
@@ -150,3 +240,141 @@ def write_evaluation(scores: dict[str, Any], json_path: Optional[PathLike], conf
             np.asarray(scores["confusion"]), scores["classes"], Path(confusion_png),
             title=f"{Path(scores['checkpoint']).name} on {scores['data']} [{scores['split']}]",
         )
+
+
+# --------------------------------------------------------------------------- a directory of runs
+
+TABLE_COLUMNS = ("run", "method", "seed", "epoch", "macro_f1", "accuracy", "n", "excluded")
+
+
+def find_runs(directory: PathLike) -> list[Path]:
+    """Run folders (with ``config.yaml``) in ``directory``, or ``directory`` itself when it is one."""
+    directory = Path(directory)
+    if (directory / "config.yaml").is_file():
+        return [directory]
+    runs = sorted(p.parent for p in directory.rglob("config.yaml"))
+    if not runs:
+        raise ValueError(f"{directory}: no run folders (with config.yaml) found, and it is not a checkpoint file")
+    return runs
+
+
+def table_row(run: str, scores: dict[str, Any]) -> dict[str, Any]:
+    """One line of the runs table (:data:`TABLE_COLUMNS`), plus the full scores under ``scores``."""
+    return {"run": run, **{k: scores[k] for k in TABLE_COLUMNS[1:-1]}, "excluded": scores["excluded_total"],
+            "scores": scores}
+
+
+def evaluate_runs(
+    directory: PathLike,
+    data: str,
+    *,
+    split: Optional[str] = None,
+    data_format: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    **options: Any,
+) -> dict[str, Any]:
+    """Score ``checkpoints/best.pt`` of every run folder in ``directory`` on one data set.
+
+    The data set is prepared once (per input size). A run without ``best.pt``, or whose
+    checkpoint cannot be used, is reported through ``log`` and listed in ``skipped``
+    (``error`` tells the two apart); ``options`` go to :func:`score_checkpoint`.
+    """
+    directory = Path(directory)
+    prepared: dict[int, PackedData] = {}
+    rows, skipped = [], []
+
+    def skip(run: str, reason: str, error: bool) -> None:
+        skipped.append({"run": run, "reason": reason, "error": error})
+        log(f"skipped {run}: {reason}")
+
+    for run in find_runs(directory):
+        name = run.relative_to(directory).as_posix() if run != directory else run.name
+        best = run / "checkpoints" / "best.pt"
+        if not best.is_file():
+            skip(name, f"{best}: no such file (no epoch finished yet?)", error=False)
+            continue
+        try:
+            checkpoint = load_checkpoint(best)
+        except CheckpointError as exc:
+            skip(name, str(exc), error=True)
+            continue
+        packed = _load_packed(data, checkpoint["input"]["size"], data_format, cache_dir, progress, prepared)
+        choose_splits(packed, split, data)  # a missing split is the data set's fault, not a run's: raise
+        try:
+            rows.append(table_row(name, score_checkpoint(checkpoint, best, packed, data, split, **options)))
+        except (CheckpointError, ValueError) as exc:
+            skip(name, str(exc), error=True)
+    if not rows:
+        raise ValueError(f"{directory}: no run could be scored ({'; '.join(s['reason'] for s in skipped)})")
+    return {"directory": str(directory), "data": str(data), "selection": rows[0]["scores"]["chosen"], "runs": rows,
+            "skipped": skipped}
+
+
+def _by_method(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by method, methods in the paper's order, then others by name."""
+    from fernoise.config import METHODS
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(str(row["method"]), []).append(row)
+    order = [m for m in METHODS if m in groups] + sorted(m for m in groups if m not in METHODS)
+    return {m: groups[m] for m in order}
+
+
+def runs_markdown(result: dict[str, Any]) -> str:
+    """The per-run table and, per method, mean ± sample std over its runs."""
+    from fernoise.reports import _cell, _mean_std
+
+    lines = [f"Scored on {result['selection']}", "",
+             "| run | method | seed | epoch | macro-F1 | accuracy | n | left out |", "|---|---|---|---|---|---|---|---|"]
+    for row in result["runs"]:
+        lines.append(f"| {row['run']} | {row['method']} | {row['seed']} | {row['epoch']} | {row['macro_f1']:.4f} | "
+                     f"{row['accuracy']:.4f} | {row['n']} | {row['excluded']} |")
+    lines += ["", "| method | macro-F1 | accuracy |", "|---|---|---|"]
+    for method, group in _by_method(result["runs"]).items():
+        f1 = _cell(*_mean_std([r["macro_f1"] for r in group]), len(group), ".4f")
+        acc = _cell(*_mean_std([r["accuracy"] for r in group]), len(group), ".4f")
+        lines.append(f"| {method} | {f1} | {acc} |")
+    lines.append("\nPer method: mean ± sample std (ddof=1) over its runs, n = number of runs.")
+    for entry in result["skipped"]:
+        lines.append(f"skipped {entry['run']}: {entry['reason']}")
+    return "\n".join(lines)
+
+
+def write_runs(result: dict[str, Any], json_path: Optional[PathLike], csv_path: Optional[PathLike]) -> None:
+    """The table as JSON (with every run's full scores) and as CSV (one line per run), atomically."""
+    if json_path:
+        write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
+    if csv_path:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(TABLE_COLUMNS), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(result["runs"])
+        write_text_atomic(csv_path, buffer.getvalue())
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def evaluate_command(args: Any) -> int:
+    """``fernoise evaluate``: one checkpoint (full report) or a directory of runs (one table).
+
+    Exit status 2 when a run's checkpoint could not be used (the others are still scored).
+    """
+    options = dict(data_format=args.data_format, cache_dir=args.cache_dir, progress=not args.quiet)
+    scoring = dict(device=args.device, tta_flip=args.tta_flip)
+    if Path(args.checkpoint).is_dir():
+        if args.confusion:
+            raise ValueError(f"--confusion needs one checkpoint file; {args.checkpoint} is a directory of runs")
+        result = evaluate_runs(args.checkpoint, args.data, split=args.split, log=lambda _: None, **options, **scoring)
+        print(runs_markdown(result))
+        write_runs(result, args.json, args.csv)
+        return 2 if any(entry["error"] for entry in result["skipped"]) else 0
+    scores = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, **options, **scoring)
+    print(format_scores(scores))
+    confusion = args.confusion or (str(Path(args.json).with_suffix(".confusion.png")) if args.json else None)
+    write_evaluation(scores, args.json, confusion)
+    write_runs({"runs": [table_row(str(args.checkpoint), scores)]}, None, args.csv)
+    return 0

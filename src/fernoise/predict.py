@@ -1,4 +1,4 @@
-"""Face detection, expression prediction on photos, folders and videos, and ONNX export.
+"""Face detection, expression prediction on photos, folders and videos, and export (checkpoint, ONNX).
 
 Faces are found with OpenCV's bundled frontal-face Haar cascade on a downscaled grey
 copy of the image, cropped with a margin and preprocessed exactly as the training
@@ -30,7 +30,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from fernoise.checkpoint import (
+    CheckpointError, half_precision, inference_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint,
+)
 from fernoise.data import normalize
 from fernoise.data.formats import to_8bit
 from fernoise.io import PathLike, write_bytes_atomic, write_text_atomic
@@ -38,7 +40,7 @@ from fernoise.models import fold_batchnorm
 
 __all__ = [
     "Face", "Prediction", "Predictor", "PredictError", "HaarFaceDetector", "load_image", "find_inputs",
-    "annotate", "format_predictions", "export_onnx", "add_predict_commands",
+    "annotate", "format_predictions", "export_checkpoint", "export_onnx", "add_predict_commands",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -452,7 +454,7 @@ def format_predictions(records: Sequence[Prediction]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- ONNX export
+# --------------------------------------------------------------------------- export: checkpoint, ONNX
 
 
 def _onnx() -> Any:
@@ -529,6 +531,19 @@ def export_onnx(checkpoint_path: PathLike, out: PathLike, opset: int = DEFAULT_O
         entry.key, entry.value = key, value
     write_bytes_atomic(out, proto.SerializeToString())
     return metadata
+
+
+def export_checkpoint(checkpoint_path: PathLike, out: PathLike, half: bool = False) -> tuple[int, int]:
+    """Write an inference-only copy of a checkpoint (float16 weights with ``half``), atomically.
+
+    The copy is checked to rebuild the model before it is written. Returns the sizes in bytes
+    of the source and of the copy.
+    """
+    checkpoint = load_checkpoint(checkpoint_path)
+    model_from_checkpoint(checkpoint, checkpoint_path)
+    slim = (half_precision if half else inference_checkpoint)(checkpoint)
+    save_checkpoint(out, {k: v for k, v in slim.items() if k not in ("format", "version")})
+    return Path(checkpoint_path).stat().st_size, Path(out).stat().st_size
 
 
 # --------------------------------------------------------------------------- command line
@@ -629,10 +644,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    metadata = export_onnx(args.checkpoint, args.onnx, opset=args.opset)
-    spec = json.loads(metadata["fernoise.input"])
-    print(f"wrote {args.onnx}: input 'faces' float32 (N, {spec['channels']}, {spec['size']}, {spec['size']}), "
-          f"output 'logits' (N, {len(json.loads(metadata['fernoise.classes']))}), opset {args.opset}")
+    if not (args.onnx or args.pt):
+        raise PredictError("export: say what to write: --pt FILE (a checkpoint for inference) and/or --onnx FILE")
+    if args.half and not args.pt:
+        raise PredictError("export: --half applies to --pt (an ONNX export is float32)")
+    if args.pt:
+        sizes = export_checkpoint(args.checkpoint, args.pt, half=args.half)
+        print(f"wrote {args.pt}: {'float16' if args.half else 'float32'} weights, no optimizer state, "
+              f"{sizes[1] / 2**20:.1f} MiB (from {sizes[0] / 2**20:.1f} MiB)")
+    if args.onnx:
+        metadata = export_onnx(args.checkpoint, args.onnx, opset=args.opset)
+        spec = json.loads(metadata["fernoise.input"])
+        print(f"wrote {args.onnx}: input 'faces' float32 (N, {spec['channels']}, {spec['size']}, {spec['size']}), "
+              f"output 'logits' (N, {len(json.loads(metadata['fernoise.classes']))}), opset {args.opset}")
     return 0
 
 
@@ -662,11 +686,15 @@ def add_predict_commands(subparsers: Any) -> None:
     p.set_defaults(handler=_cmd_predict)
 
     e = subparsers.add_parser(
-        "export", help="write a checkpoint's model as ONNX",
-        description="Export the model (eval form, no noise) to ONNX: input 'faces' float32 (N, C, size, size) "
-        "normalised as in training, output 'logits'; class names and input description in metadata_props.",
+        "export", help="write a checkpoint for sharing (--pt, --half) or the model as ONNX",
+        description="--pt: a checkpoint with only what inference needs (weights, classes, preprocessing, noise "
+        "settings, provenance), float16 weights with --half (they load back as float32). --onnx: the model (eval "
+        "form, no noise) as ONNX: input 'faces' float32 (N, C, size, size) normalised as in training, output "
+        "'logits'; class names and input description in metadata_props.",
     )
     e.add_argument("checkpoint", help="a fernoise checkpoint (.pt)")
-    e.add_argument("--onnx", required=True, metavar="FILE", help="ONNX file to write")
+    e.add_argument("--pt", metavar="FILE", help="checkpoint file to write, without optimizer or other resume state")
+    e.add_argument("--half", action="store_true", help="with --pt: store the weights as float16 (half the size)")
+    e.add_argument("--onnx", metavar="FILE", help="ONNX file to write")
     e.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     e.set_defaults(handler=_cmd_export)

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from fernoise.checkpoint import CheckpointError, inference_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fernoise.config import SPEED_ONLY, TrainConfig, config_changes
 from fernoise.data import (
     Augmenter, PackedData, class_weights, fits_on_device, iterate_batches, load_data, num_batches, to_device,
 )
+from fernoise.data.classes import DataError
 from fernoise.distributed import DeviceError, Distributed, init_distributed
 from fernoise.evaluate import evaluate_arrays
 from fernoise.io import PathLike, RunLock, write_text_atomic
@@ -71,6 +72,9 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> _Data:
         val_fraction=cfg.val_fraction,
         progress=progress,
     )
+    if "train" not in packed.splits:  # evaluate accepts such a data set; training cannot
+        raise DataError(f"{packed.meta.get('source', cfg.data)}: no training images found in the "
+                        f"{packed.meta.get('format', '')} layout (it has {', '.join(packed.splits)} only)")
     train, val = packed.splits["train"], packed.splits["val"]
     train_images, train_labels = _subset(train.images, train.labels, cfg.train_limit, seed=1)
     val_images, val_labels = _subset(val.images, val.labels, cfg.val_limit, seed=2)
@@ -308,8 +312,9 @@ def _train_locked(
                     writer.add_scalar(key, value, epoch)
             writer.flush()
             # best.pt first: a crash between the two writes then only repeats this epoch on resume.
+            # best.pt is for use and sharing: no optimizer or other resume state (resuming reads last.pt).
             if is_best:
-                save_checkpoint(best_path, state)
+                save_checkpoint(best_path, inference_checkpoint(state))
             save_checkpoint(last_path, state)
             _write_metrics(out / "metrics.csv", rows)
             if trace_rows:
@@ -443,7 +448,7 @@ def _resume(
     device: torch.device,
 ) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
     try:
-        state = load_checkpoint(last_path)
+        state = load_checkpoint(last_path, resume=True)
     except CheckpointError as exc:
         raise TrainingError(f"cannot resume: {exc}") from None
     changed = config_changes(state["config"], cfg, ignore=("epochs", *SPEED_ONLY))

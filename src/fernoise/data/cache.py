@@ -320,8 +320,8 @@ def _decode_all(tree: Tree, listing: Listing, out_dir: Path, *, size: int, chann
                         f"(pass skip_bad=True / --skip-bad to skip bad inputs)")
     listing.skipped.extend(errors)
     splits = output.finish()
-    if "train" not in splits:
-        raise DataError(f"{tree.name}: no readable training images")
+    if not splits:
+        raise DataError(f"{tree.name}: no readable images")
     return splits, clipped
 
 
@@ -442,7 +442,8 @@ def _build(path: Path, tree: Tree, layout: Layout, options: Mapping[str, Any], f
     listing = read_listing(tree, layout, affectnet_classes=options["affectnet_classes"],
                            class_map=options["class_map"], skip_bad=options["skip_bad"])
     items = listing.items
-    if not any(item.split == "val" for item in items):
+    source_splits = [name for name in _SPLIT_ORDER if any(item.split == name for item in items)]
+    if "train" in source_splits and "val" not in source_splits:
         items, note = _carve_val(items, options["val_fraction"], options["split_seed"])
         listing.items = items
         listing.notes.append(note)
@@ -455,9 +456,10 @@ def _build(path: Path, tree: Tree, layout: Layout, options: Mapping[str, Any], f
             if any(item.split == name for item in items) and name not in splits:
                 listing.notes.append(f"the {name} split has no readable images and was left out")
         channels = next(iter(splits.values())).images.shape[3]
-        mean, std = _channel_stats(splits["train"].images)
+        stats_split = "train" if "train" in splits else next(iter(splits))
+        mean, std = _channel_stats(splits[stats_split].images)
         counts = _class_counts(splits, listing.classes)
-        empty = [c for c, n in counts["train"].items() if n == 0]
+        empty = [c for c, n in counts.get("train", {}).items() if n == 0]
         if empty:
             listing.notes.append(f"no training images for: {', '.join(empty)}")
         meta = {
@@ -465,6 +467,7 @@ def _build(path: Path, tree: Tree, layout: Layout, options: Mapping[str, Any], f
             "classes": listing.classes, "size": options["size"], "channels": int(channels),
             "mean": mean, "std": std, "fingerprint": fp, "options": dict(options),
             "splits": {name: len(split) for name, split in splits.items()},
+            "source_splits": source_splits, "stats_split": stats_split,
             "class_counts": counts,
             "skipped": [{"item": ref, "reason": reason} for ref, reason in listing.skipped],
             "dropped": listing.dropped, "clipped_boxes": clipped, "ignored": listing.ignored,

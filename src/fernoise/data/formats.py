@@ -602,14 +602,18 @@ _READERS = {
 
 def read_listing(tree: Tree, layout: Layout, *, affectnet_classes: int = 7,
                  class_map: str | Mapping[str, str] | None = None, skip_bad: bool = False) -> Listing:
-    """Run the reader for ``layout`` and check that a training split came out of it."""
+    """Run the reader for ``layout`` and check that some split came out of it.
+
+    Any split will do (a data set of test images only can be evaluated); training
+    checks for its train split itself.
+    """
     if affectnet_classes not in (7, 8):
         raise DataError(f"affectnet_classes must be 7 or 8, got {affectnet_classes}")
     opts = ReadOptions(affectnet_classes, resolve_class_map(class_map), skip_bad)
     listing = _READERS[layout.format](tree, layout.root, opts)
-    if not any(item.split == "train" for item in listing.items):
+    if not listing.items:
         raise DataError(f"{tree.location(layout.root) if layout.root else tree.name}: "
-                        f"no training images found in the {layout.format} layout")
+                        f"no images found in the {layout.format} layout")
     return listing
 
 
