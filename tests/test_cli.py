@@ -28,11 +28,14 @@ def test_help_lists_commands():
 @pytest.mark.parametrize("method", ["baseline", "dropout", "periodic", "dynamic", "dropout+periodic", "dropout+dynamic"])
 def test_train_each_method_two_epochs(tmp_path, method):
     run = tmp_path / "run"
-    result = fernoise("train", "--method", method, "--epochs", "2", "--out", str(run), *TINY)
+    # T = 1 makes epoch 2 noisy; an AutoReLU init of 1e-4 at lr 1e-3 turns negative within the first steps
+    noisy = ["--interval", "1", "--autorelu-init", "1e-4", "--lr", "1e-3"]
+    result = fernoise("train", "--method", method, "--epochs", "2", "--out", str(run), *TINY, *noisy)
     assert "best val F1" in result.stdout
     rows = _metrics(run)
     assert len(rows) == 2 and all(float(r["train_loss"]) > 0 for r in rows)
     assert ("autorelu_w" in rows[0]) == method.endswith("dynamic")
+    assert (sum(float(r["noise_on"]) for r in rows) > 0) == method.endswith(("periodic", "dynamic"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == method
 

@@ -60,3 +60,28 @@ def test_methods_map_to_noise_and_dropout():
 def test_unknown_preset_lists_presets():
     with pytest.raises(ConfigError, match="presets: .*paper"):
         preset_path("nonexistent-preset")
+
+
+@pytest.mark.parametrize("override,key", [({"optimizer": "sgd"}, "optimizer: sgd"), ({"optimizer": "adamw"},
+                                          "optimizer: adamw"), ({"weight_decay": 0.0}, "weight_decay: 0")])
+def test_dynamic_that_could_never_switch_on_is_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        TrainConfig(method="dynamic", autorelu_grad="exact", **override)
+    # with the autograd residue something still moves the weights: allowed, and warned about when training
+    assert TrainConfig(method="dynamic", autorelu_grad="autograd", **override).dynamic_without_drive() == [key]
+    assert TrainConfig(method="periodic", autorelu_grad="exact", **override).dynamic_without_drive() == []
+    assert TrainConfig(method="dynamic", autorelu_grad="exact").dynamic_without_drive() == []
+
+
+def test_settings_a_method_does_not_use_do_not_block_reuse():
+    from fernoise.config import config_changes
+
+    saved = TrainConfig(method="periodic", autorelu_init=0.1, dropout=0.3).to_dict()
+    assert config_changes(saved, TrainConfig(method="periodic", autorelu_init=0.01, autorelu_grad="exact",
+                                             dropout=0.5)) == {}
+    assert "interval" in config_changes(saved, TrainConfig(method="periodic", interval=2))
+    dynamic = TrainConfig(method="dynamic", autorelu_init=0.1).to_dict()
+    assert set(config_changes(dynamic, TrainConfig(method="dynamic", autorelu_init=0.01))) == {"autorelu_init"}
+    assert "method" in config_changes(dynamic, TrainConfig(method="baseline"))
+    del dynamic["autorelu_grad"]  # saved before the key existed: it ran the exact gradient
+    assert set(config_changes(dynamic, TrainConfig(method="dynamic"))) == {"autorelu_grad"}

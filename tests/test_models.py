@@ -319,3 +319,38 @@ def test_sync_batchnorm_conversion_keeps_noise_at_every_injection_point(arch, no
                 point.weight.data.neg_()
             assert not torch.allclose(model(x), clean, atol=1e-4), f"noise lost at {point}"
             _set_noise(model, False)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "torchvision:resnet18"])
+def test_batchnorm_recalibration_restores_the_statistics_of_a_clean_pass(arch):
+    from fernoise.models import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model(arch, 7, noise="periodic", dropout=0.3 if arch == "resnet18" else 0.0)
+    batches = [torch.randn(8, 3, 32, 32) * 2 + 1 for _ in range(3)]
+    clean = copy.deepcopy(model)
+    set_sign_flip(model, True)
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)  # noisy training forwards update the running statistics
+    # the reference: fresh statistics from plain forwards with noise off, averaged over the batches
+    norms = [m for m in clean.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+    _bn_eval(clean)
+    for bn in norms:
+        bn.training = True
+    clean.apply(lambda m: m.eval() if isinstance(m, nn.Dropout) else None)
+    with torch.no_grad():
+        for x in batches:
+            clean(x)
+    noisy_norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert not all(torch.allclose(a.running_var, b.running_var) for a, b in zip(noisy_norms, norms))
+    recalibrate_batchnorm(model, batches)
+    for a, b in zip(noisy_norms, norms):
+        torch.testing.assert_close(a.running_mean, b.running_mean)
+        torch.testing.assert_close(a.running_var, b.running_var)
+        assert a.momentum == 0.1
+    assert model.training and all(flip.active for flip in model.modules() if isinstance(flip, SignFlip))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import json
 import subprocess
 import sys
@@ -29,11 +30,19 @@ def _rows(run) -> list[dict]:
 
 def test_run_directory_holds_everything(tmp_path):
     run = tmp_path / "run"
-    summary = train(_cfg(method="dynamic"), run, quiet=True, log=lambda _: None)
+    # init 1e-4 at lr 1e-3: the common AutoReLU weight turns negative within the first steps
+    summary = train(_cfg(method="dynamic", autorelu_init=1e-4, lr=1e-3), run, quiet=True, log=lambda _: None)
     rows = _rows(run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     for column in ("epoch", "train_loss", "val_loss", "val_f1", "val_acc", "noise_on", "lr", "seconds", "autorelu_w"):
         assert column in rows[0]
+    assert sum(float(r["noise_on"]) for r in rows) > 0, "the dynamic run must inject noise"
+    with open(run / "autorelu_trace.csv", newline="") as handle:
+        trace = list(csv.DictReader(handle))
+    assert [(t["epoch"], t["step"]) for t in trace] == [(e, s) for e in "12" for s in "123"]
+    noisy = [float(t["w"]) < 0 for t in trace]
+    assert [sum(noisy[:3]) / 3, sum(noisy[3:]) / 3] == pytest.approx([float(r["noise_on"]) for r in rows])
+    assert float(trace[1]["w_min"]) < float(trace[1]["w_max"]) and float(trace[0]["grad_absmax"]) > 0
     assert (run / "config.yaml").is_file() and list(run.glob("events.out.tfevents.*"))
     for key in ("best_val_f1", "best_epoch", "final_val_f1", "final_train_loss", "test_f1", "test_acc"):
         assert key in summary
@@ -138,3 +147,29 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     (run / ".lock").write_text("999999999")
     train(_cfg(epochs=1), run, quiet=True, log=lambda _: None)
     assert (run / "summary.json").is_file()
+
+
+def test_resuming_a_cosine_run_with_more_epochs_follows_the_longer_schedule(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(epochs=2, scheduler="cosine", lr=1e-3), run, quiet=True, log=lambda _: None)
+    train(_cfg(epochs=4, scheduler="cosine", lr=1e-3), run, resume=True, quiet=True, log=lambda _: None)
+    lrs = [float(r["lr"]) for r in _rows(run)]
+    # epoch e runs at the closed-form rate of a 4-epoch schedule after e - 1 epochs (was 0, then 5e-4)
+    assert lrs[2:] == pytest.approx([1e-3 * (1 + math.cos(math.pi * done / 4)) / 2 for done in (2, 3)], rel=1e-6)
+
+
+def test_dynamic_without_weight_decay_warns_that_noise_may_never_switch_on(tmp_path):
+    lines = []
+    train(_cfg(epochs=1, method="dynamic", optimizer="sgd"), tmp_path / "run", quiet=True, log=lines.append)
+    assert any(line.startswith("warning: dynamic method with optimizer: sgd") for line in lines)
+
+
+def test_bn_recalibration_changes_only_the_evaluation(tmp_path):
+    common = dict(method="periodic", interval=1)  # epoch 2 is noisy
+    train(_cfg(**common), tmp_path / "plain", quiet=True, log=lambda _: None)
+    train(_cfg(**common, bn_recalibrate=2), tmp_path / "recal", quiet=True, log=lambda _: None)
+    plain, recal = _rows(tmp_path / "plain"), _rows(tmp_path / "recal")
+    assert [r["noise_on"] for r in recal] == ["0.0", "1.0"]
+    # running statistics never enter a training-mode forward: the training stream is untouched
+    assert [r["train_loss"] for r in recal] == [r["train_loss"] for r in plain]
+    assert all(a["val_loss"] != b["val_loss"] for a, b in zip(plain, recal))

@@ -44,6 +44,9 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--autorelu-grad", choices=["autograd", "exact"],
                    help=f"AutoReLU backward: autograd of the paper's formula, or the exact zero gradient of w "
                         f"(cheaper; w then follows weight decay alone) (default {d.autorelu_grad})")
+    g.add_argument("--bn-recalibrate", type=int, metavar="N",
+                   help="before each evaluation, re-estimate BatchNorm statistics on N clean training batches "
+                        "(default 0: off, as in the paper; the statistics then include noisy steps)")
     g.add_argument("--nonfinite", choices=["stop", "skip"], help="on a non-finite loss: stop (default) or skip the step")
     g.add_argument("--model", help="resnet18 (default), resnet34, torchvision:<name> or timm:<name>")
     g.add_argument("--stem", choices=["imagenet", "small"], help="ResNet stem: imagenet 7x7/2 + max-pool (default) or small 3x3/1")

@@ -93,6 +93,7 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = 256
     tta_flip: bool = False
+    bn_recalibrate: int = 0  # clean training batches to re-estimate BatchNorm statistics on before each evaluation
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,6 +120,8 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be a positive integer, got {getattr(self, key)}")
+        if self.bn_recalibrate < 0:
+            raise ConfigError(f"bn_recalibrate: must be 0 (off) or a number of batches, got {self.bn_recalibrate}")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be positive, got {self.lr}")
         if not 0 <= self.dropout < 1:
@@ -134,6 +137,43 @@ class TrainConfig:
             raise ConfigError("capture: CUDA graphs need a CUDA device; set capture: false for device: cpu")
         if self.noise == "dynamic" and self.position == "bn2":
             raise ConfigError("position: dynamic injection replaces a ReLU and none follows bn2; use bn1, sum or all")
+        undriven = self.dynamic_without_drive()
+        if undriven and self.autorelu_grad == "exact":
+            raise ConfigError(
+                f"{', '.join(undriven)}: with autorelu_grad: exact the AutoReLU weights get a zero gradient, so only "
+                "Adam's coupled weight decay moves them; with these settings they never change sign and the dynamic "
+                "method is the baseline. Use optimizer: adam with weight_decay > 0, or autorelu_grad: autograd"
+            )
+
+    def dynamic_without_drive(self) -> list[str]:
+        """The settings that leave the AutoReLU weights without a push through zero (empty if none, or not dynamic).
+
+        The weights' loss gradient is zero up to rounding, so what makes their common
+        value change sign is Adam's coupled weight decay (a steady pull towards zero,
+        which Adam's momentum carries across). SGD moves them by only ``lr`` times that
+        tiny gradient, AdamW decays them geometrically, and without weight decay only
+        the rounding residue of ``autorelu_grad: autograd`` (scaled up by Adam) moves them.
+        """
+        if self.noise != "dynamic":
+            return []
+        keys = [f"optimizer: {self.optimizer}"] if self.optimizer != "adam" else []
+        if self.weight_decay == 0:
+            keys.append("weight_decay: 0")
+        return keys
+
+    def inert_keys(self) -> tuple[str, ...]:
+        """Settings that cannot change this run's result, given its method (e.g. the AutoReLU
+        settings of a periodic run); a change to them does not block resuming or reusing it."""
+        keys = []
+        if self.noise != "dynamic":
+            keys += [f.name for f in dataclasses.fields(self) if f.name.startswith("autorelu_")]
+        if self.noise != "periodic":
+            keys += ["interval", "interval_unit"]
+        if self.noise == "none":
+            keys.append("position")
+        if not METHODS[self.method][1]:
+            keys.append("dropout")
+        return tuple(keys)
 
     @property
     def noise(self) -> str:
@@ -159,14 +199,15 @@ PREDATED = {"autorelu_grad": "exact"}
 
 
 def config_changes(saved: dict[str, Any], cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
-    """``{key: (saved, now)}`` for every setting that differs.
+    """``{key: (saved, now)}`` for every setting that differs and matters to the run's method.
 
     A key the saved run predates counts as what that run did: :data:`PREDATED`'s
     value, else the default.
     """
     before = {**TrainConfig().to_dict(), **PREDATED, **saved}
     now = cfg.to_dict()
-    keys = sorted((set(before) | set(now)) - set(ignore))
+    inert = cfg.inert_keys() if before.get("method") == cfg.method else ()
+    keys = sorted((set(before) | set(now)) - set(ignore) - set(inert))
     return {k: (before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k)}
 
 

@@ -78,56 +78,52 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
         handle.write(data)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
     """An exclusive lock on an output directory, held for the life of a run.
 
-    The lock file records the owner's PID; a lock left by a process that no longer
-    exists is taken over, so a killed run never blocks the next one.
+    An OS lock (``fcntl.flock``) on the file ``.lock``, which also records the
+    owner's PID for the error message. The OS drops the lock when its process
+    ends, however it ends, so a killed run never blocks the next one, and of
+    several processes racing for one directory exactly one wins. POSIX only.
     """
 
     def __init__(self, directory: PathLike, name: str = ".lock") -> None:
         self.path = Path(directory) / name
-        self._held = False
+        self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    owner = int(self.path.read_text().strip() or "0")
-                except (OSError, ValueError):
-                    owner = 0
-                if owner and owner != os.getpid() and _pid_alive(owner):
-                    raise OutputError(
-                        f"{self.path.parent} is in use by another fernoise process (PID {owner}); "
-                        f"wait for it to finish or choose another output directory"
-                    ) from None
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()  # stale lock of a dead process
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                raise OutputError(
+                    f"{self.path.parent} is in use by another fernoise process"
+                    f"{f' (PID {owner})' if owner else ''}; wait for it to finish or choose another output directory"
+                ) from None
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current != os.fstat(fd).st_ino:  # the holder released and removed it while we waited: retry
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
-            self._held = True
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._fd = fd
             return self
-        raise OutputError(f"cannot lock {self.path.parent}")
 
     def release(self) -> None:
-        if self._held:
+        if self._fd is not None:
             with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            self._held = False
+                self.path.unlink()  # before unlocking, so no one locks a file that is about to vanish
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

@@ -34,7 +34,7 @@ place nor p.
 """
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional, Sequence, Type
+from typing import Callable, Iterable, Literal, Optional, Sequence, Type
 
 import torch
 from torch import nn
@@ -451,6 +451,30 @@ def inject_noise(
             )
         _insert_after_bn(bn, injector)
     return chosen
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Re-estimate every BatchNorm's running statistics from clean forward passes of ``batches``.
+
+    During noisy training steps the BatchNorm layers after an injection point update
+    their running statistics with noisy features, and evaluation normalises with them.
+    Here the statistics are reset and recomputed as the plain average over the given
+    batches (``momentum=None``), with all noise, dropout and everything else but the
+    BatchNorm layers in eval mode. The model's training mode is restored afterwards.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training, momenta = model.training, [bn.momentum for bn in norms]
+    model.eval()
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.training = True  # not .train(): inject_noise puts the noise inside the BN module
+    for inputs in batches:
+        model(inputs)
+    for bn, momentum in zip(norms, momenta):
+        bn.momentum = momentum
+    model.train(was_training)
 
 
 @torch.no_grad()

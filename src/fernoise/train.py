@@ -12,7 +12,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ from fernoise.distributed import DeviceError, Distributed, init_distributed
 from fernoise.evaluate import evaluate_arrays
 from fernoise.io import PathLike, RunLock, write_text_atomic
 from fernoise.metrics import RunningF1
-from fernoise.models import build_model
+from fernoise.models import build_model, recalibrate_batchnorm
 from fernoise.noise import TRACE_COLUMNS, NoiseController, PeriodicSchedule, autorelu_weight
 from fernoise.step import TrainStep
 
@@ -112,6 +114,19 @@ def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Optional[t
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     return None
+
+
+def _fit_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, optimizer: torch.optim.Optimizer,
+                  epochs: int) -> None:
+    """A resumed cosine schedule stretched to a new number of epochs: the learning rate of the
+    next epoch is what a run of ``epochs`` epochs would use there (closed form)."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == epochs:
+        return
+    scheduler.T_max = epochs
+    done = scheduler.last_epoch
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * done / epochs)) / 2
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
@@ -216,6 +231,10 @@ def _train_locked(
     if cfg.batch_size % ddp.world_size:
         raise TrainingError(f"batch size {cfg.batch_size} does not divide among {ddp.world_size} processes")
 
+    undriven = cfg.dynamic_without_drive()
+    if undriven:
+        log(f"warning: dynamic method with {', '.join(undriven)}: nothing but float rounding moves the AutoReLU "
+            "weights, so noise may never switch on (autorelu_trace.csv and report.md will tell)")
     torch.manual_seed(cfg.seed)
     if not ddp.is_main:
         ddp.barrier()  # rank 0 builds the cache first
@@ -273,6 +292,8 @@ def _train_locked(
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             row = _train_epoch(cfg, epoch, net, train_step, controller, augment, data, generator, device, ddp, quiet)
+            if cfg.bn_recalibrate:
+                _recalibrate(cfg, epoch, model, augment, data, device, ddp)
             trace_rows += [[epoch, step, *values] for step, values in enumerate(controller.take_trace(), start=1)]
             val = evaluate_arrays(
                 model, data.val_images, data.val_labels, num_classes, augment, device, cfg.eval_batch_size, cfg.tta_flip
@@ -415,6 +436,17 @@ def _train_epoch(
     return row
 
 
+def _recalibrate(cfg: TrainConfig, epoch: int, model: nn.Module, augment: Augmenter, data: _Data,
+                 device: torch.device, ddp: Distributed) -> None:
+    """BatchNorm statistics from ``cfg.bn_recalibrate`` clean training batches, drawn with a generator of
+    their own (so the training stream, and resuming, are unaffected)."""
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    batches = iterate_batches(data.train_images, data.train_labels, cfg.batch_size // ddp.world_size, shuffle=True,
+                              generator=generator, rank=ddp.rank, world_size=ddp.world_size, device=device)
+    clean = (augment(images, train=False) for images, _ in itertools.islice(batches, cfg.bn_recalibrate))
+    recalibrate_batchnorm(model, clean)
+
+
 def _checked_loss_sum(weighted_losses: torch.Tensor, epoch: int, ddp: Distributed) -> float:
     """This rank's loss sum so far; raises at the first non-finite step (on every rank alike)."""
     bad = ~torch.isfinite(weighted_losses)
@@ -463,6 +495,7 @@ def _resume(
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler"):
         scheduler.load_state_dict(state["scheduler"])
+        _fit_schedule(scheduler, optimizer, cfg.epochs)
     controller.load_state_dict(state["noise"])
     _set_rng_state(state["rng"], generator, device)
     return state["epoch"] + 1, state["best"], list(state["metrics"])
