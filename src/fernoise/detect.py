@@ -42,11 +42,11 @@ UPRIGHT_ROUNDS = 2
 # benchmarks/fer2013_framing.py (medians over FER2013 training images; see benchmarks/RESULTS.md).
 # Landmarks in YuNet's order: right eye, left eye, nose tip, right and left mouth corner (the
 # person's right, i.e. the left of the image).
-FER2013_LANDMARKS = np.array([[0.3194, 0.3936], [0.6794, 0.3919], [0.4993, 0.5915], [0.3549, 0.7604],
-                              [0.6463, 0.7585]])
+FER2013_LANDMARKS = np.array([[0.3313, 0.4016], [0.6732, 0.4030], [0.5030, 0.5995], [0.3624, 0.7436],
+                              [0.6433, 0.7492]])
 # The image around a Haar box: centre (x, y) as a fraction of the box from its top-left corner,
 # and side as a multiple of the box's side.
-FER2013_HAAR_FRAME = (0.5004, 0.5322, 1.2146)
+FER2013_HAAR_FRAME = (0.4977, 0.5027, 1.0323)
 
 
 class DetectorError(ValueError):
