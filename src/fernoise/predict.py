@@ -1,12 +1,11 @@
-"""Face detection, expression prediction on photos, folders and videos, and export (checkpoint, ONNX).
+"""Expression prediction on photos, folders and videos, and export (inference checkpoint, float16, ONNX).
 
-Faces are found with OpenCV's bundled frontal-face Haar cascade on a downscaled grey
-copy of the image, cropped with a margin and preprocessed exactly as the training
-data was: the crop is resized to the checkpoint's ``size`` with Pillow's bilinear
-filter (``reducing_gap=2.0``, as :mod:`fernoise.data.formats`), turned into grey
-(ITU-R 601 luma, Pillow's "L") or RGB, and normalised with the checkpoint's mean and
-std by :func:`fernoise.data.normalize`. Crops of many images (or video frames) are
-classified together in batches.
+Faces are found by :mod:`fernoise.detect` (YuNet by default), each cut out framed and turned
+upright as FER2013's faces are, and preprocessed exactly as the training data was: the crop
+is resized to the checkpoint's ``size`` with Pillow's bilinear filter (``reducing_gap=2.0``,
+as :mod:`fernoise.data.formats`), turned into grey (ITU-R 601 luma, Pillow's "L") or RGB, and
+normalised with the checkpoint's mean and std by :func:`fernoise.data.normalize`. Crops of
+many images (or video frames) are classified together in batches.
 
 Checkpoints are read only through :func:`fernoise.checkpoint.load_checkpoint`, which
 never unpickles Python objects.
@@ -35,27 +34,26 @@ from fernoise.checkpoint import (
 )
 from fernoise.data import normalize
 from fernoise.data.formats import to_8bit
+from fernoise.detect import DETECTORS, Box, Detection, crop_face, make_detector
 from fernoise.io import PathLike, write_bytes_atomic, write_text_atomic
 from fernoise.models import fold_batchnorm
 
 __all__ = [
-    "Face", "Prediction", "Predictor", "PredictError", "HaarFaceDetector", "load_image", "find_inputs",
+    "Face", "Prediction", "Predictor", "PredictError", "load_image", "find_inputs",
     "annotate", "format_predictions", "export_checkpoint", "export_onnx", "add_predict_commands",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-CASCADE = "haarcascade_frontalface_default.xml"
-DETECT_SIDE = 640  # detection runs on a copy whose longest side is at most this
-DEFAULT_MARGIN = 0.2
+DEFAULT_DETECTOR = "yunet"
+OLD_DETECTOR_NAMES = {"opencv": "haar"}  # the Haar cascade's name before the yunet detector came
 DEFAULT_BATCH = 64
 DEFAULT_OPSET = 17
-Box = tuple[int, int, int, int]
 ImageLike = Union[PathLike, Image.Image, np.ndarray]
 
 
 class PredictError(ValueError):
-    """An input, the face detector or an export could not be used; the message says why."""
+    """An input, an option or an export could not be used; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -207,56 +205,7 @@ def _decoded(inputs: list[tuple[Path, str]], every: int,
             yield Prediction(source, error=str(exc)), None
 
 
-# --------------------------------------------------------------------------- detection and preprocessing
-
-
-class HaarFaceDetector:
-    """OpenCV's bundled frontal-face Haar cascade, run on a grey copy at most ``max_side`` pixels long.
-
-    Downscaling makes detection cost nearly independent of the photo's resolution; boxes
-    are mapped back to the full image. Nothing is downloaded.
-    """
-
-    def __init__(self, max_side: int = DETECT_SIDE, scale_factor: float = 1.1, min_neighbors: int = 5,
-                 min_size: int = 24) -> None:
-        folder = getattr(getattr(cv2, "data", None), "haarcascades", "")
-        path = os.path.join(folder, CASCADE)
-        if not hasattr(cv2, "CascadeClassifier") or not os.path.isfile(path):
-            raise PredictError(
-                f"OpenCV {cv2.__version__} has no bundled Haar face cascade (OpenCV 5 moved it out of the main "
-                "package): install 'opencv-python-headless<5', or pass detector 'none' (--detector none) "
-                "for pre-cropped faces"
-            )
-        self._cascade = cv2.CascadeClassifier(path)
-        if self._cascade.empty():
-            raise PredictError(f"OpenCV could not load its face cascade {path}")
-        self.max_side, self.scale_factor, self.min_neighbors, self.min_size = max_side, scale_factor, min_neighbors, min_size
-
-    def __call__(self, image: Image.Image) -> list[Box]:
-        """Face boxes ``(x, y, w, h)`` in ``image``'s pixels, left to right."""
-        arr = np.asarray(image)
-        grey = arr if arr.ndim == 2 else cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
-        height, width = grey.shape
-        scale = min(1.0, self.max_side / max(height, width))
-        if scale < 1.0:
-            grey = cv2.resize(grey, (max(1, round(width * scale)), max(1, round(height * scale))),
-                              interpolation=cv2.INTER_AREA)
-        found = self._cascade.detectMultiScale(
-            cv2.equalizeHist(grey), scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-            minSize=(self.min_size, self.min_size),
-        )
-        boxes = []
-        for x, y, w, h in np.asarray(found, dtype=np.float64).reshape(-1, 4) / scale:
-            x0, y0 = max(0, round(x)), max(0, round(y))
-            boxes.append((x0, y0, min(width, round(x + w)) - x0, min(height, round(y + h)) - y0))
-        return sorted(boxes)
-
-
-def _margin_box(box: Box, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
-    """The face box grown by ``margin`` of its size on each side, clipped to the image (left, top, right, bottom)."""
-    x, y, w, h = box
-    return (max(0, round(x - margin * w)), max(0, round(y - margin * h)),
-            min(width, round(x + w + margin * w)), min(height, round(y + h + margin * h)))
+# --------------------------------------------------------------------------- the checkpoint's input
 
 
 def _input_spec(spec: Any, source: PathLike) -> tuple[int, int, list[float], list[float]]:
@@ -278,18 +227,21 @@ def _input_spec(spec: Any, source: PathLike) -> tuple[int, int, list[float], lis
 class Predictor:
     """Classifies the expressions of faces in images with a trained model (eval mode, no noise).
 
-    ``detector="opencv"`` finds faces with :class:`HaarFaceDetector`; ``"none"`` treats each
-    image as one pre-cropped face. Use :meth:`from_checkpoint` to build one from a file.
+    ``detector`` is ``"yunet"`` (default) or ``"haar"`` (see :mod:`fernoise.detect`), or ``"none"``
+    to treat each image as one pre-cropped face. ``margin=None`` (default) frames each face as
+    FER2013 does; a number crops the detector's box grown by that fraction of its size on each
+    side, upright. Use :meth:`from_checkpoint` to build one from a file.
     """
 
     def __init__(self, model: nn.Module, classes: Sequence[str], input_spec: dict[str, Any], *,
-                 device: Union[str, torch.device] = "cpu", detector: str = "opencv",
-                 margin: float = DEFAULT_MARGIN, batch_size: int = DEFAULT_BATCH, engine: str = "torch") -> None:
+                 device: Union[str, torch.device] = "cpu", detector: str = DEFAULT_DETECTOR,
+                 margin: Optional[float] = None, batch_size: int = DEFAULT_BATCH, engine: str = "torch") -> None:
         if engine not in ("torch", "onnx"):
             raise PredictError(f"engine must be 'torch' or 'onnx', got {engine!r}")
-        if detector not in ("opencv", "none"):
-            raise PredictError(f"detector must be 'opencv' or 'none', got {detector!r}")
-        if not 0.0 <= margin <= 4.0:
+        detector = OLD_DETECTOR_NAMES.get(detector, detector)
+        if detector not in (*DETECTORS, "none"):
+            raise PredictError(f"detector must be one of {', '.join(DETECTORS)} or none, got {detector!r}")
+        if margin is not None and not 0.0 <= margin <= 4.0:
             raise PredictError(f"margin must be a fraction of the face box from 0 to 4, got {margin!r}")
         if batch_size < 1:
             raise PredictError(f"batch size must be positive, got {batch_size}")
@@ -300,11 +252,12 @@ class Predictor:
         # folding BatchNorm into the convolutions removes a pass per unit.
         self.model = fold_batchnorm(model).to(self.device, memory_format=torch.channels_last)
         self._session = _onnx_session(model, self.channels, self.size) if engine == "onnx" else None
-        self.detector = HaarFaceDetector() if detector == "opencv" else None
-        self.margin, self.batch_size = float(margin), int(batch_size)
+        self.detector = make_detector(detector)
+        self.margin = None if margin is None else float(margin)
+        self.batch_size = int(batch_size)
 
     @classmethod
-    def from_checkpoint(cls, path: PathLike, device: Union[str, torch.device] = "cpu", detector: str = "opencv",
+    def from_checkpoint(cls, path: PathLike, device: Union[str, torch.device] = "cpu", detector: str = DEFAULT_DETECTOR,
                         **kwargs: Any) -> "Predictor":
         """Load a fernoise checkpoint safely; ``kwargs`` as the constructor (margin, batch_size, engine)."""
         checkpoint = load_checkpoint(path)
@@ -325,11 +278,11 @@ class Predictor:
     # -- the steps
 
     def detect(self, image: ImageLike) -> list[Box]:
-        """Face boxes ``(x, y, w, h)``; the whole image when the detector is ``none``."""
-        return self._boxes(_as_image(image))
+        """Face boxes ``(x, y, w, h)``, left to right; the whole image when the detector is ``none``."""
+        return [face.box for face in self._faces(_as_image(image))]
 
-    def _boxes(self, img: Image.Image) -> list[Box]:
-        return self.detector(img) if self.detector else [(0, 0, *img.size)]
+    def _faces(self, img: Image.Image) -> list[Detection]:
+        return self.detector(img) if self.detector else [Detection((0, 0, *img.size))]
 
     def preprocess(self, face: Image.Image) -> np.ndarray:
         """A face crop as the model saw faces in training: uint8 ``(size, size, channels)``."""
@@ -339,9 +292,10 @@ class Predictor:
         arr = np.asarray(face)
         return arr[:, :, None] if arr.ndim == 2 else arr
 
-    def _crops(self, img: Image.Image, boxes: Sequence[Box]) -> list[np.ndarray]:
-        width, height = img.size
-        return [self.preprocess(img.crop(_margin_box(box, self.margin, width, height))) for box in boxes]
+    def _crops(self, img: Image.Image, faces: Sequence[Detection]) -> list[np.ndarray]:
+        if self.detector is None:
+            return [self.preprocess(img)]
+        return [self.preprocess(crop_face(img, face, self.margin)) for face in faces]
 
     @torch.inference_mode()
     def _classify(self, boxes: Sequence[Box], crops: Sequence[np.ndarray]) -> list[Face]:
@@ -363,8 +317,8 @@ class Predictor:
     def predict(self, image: ImageLike) -> list[Face]:
         """The faces in one image (path, PIL image, or uint8 HxW / HxWx3 RGB array), left to right."""
         img = _as_image(image)
-        boxes = self._boxes(img)
-        return self._classify(boxes, self._crops(img, boxes))
+        faces = self._faces(img)
+        return self._classify([face.box for face in faces], self._crops(img, faces))
 
     def predict_faces(self, crops: Sequence[ImageLike]) -> list[Face]:
         """Pre-cropped faces, one result each, with the whole crop as the box."""
@@ -393,9 +347,9 @@ class Predictor:
         crops_pending = 0
         try:
             for record, img in _decoded(inputs, every, bar):
-                boxes = self._boxes(img) if img is not None else []
-                crops = self._crops(img, boxes) if img is not None else []
-                pending.append((record, boxes, crops, img if keep_images else None))
+                faces = self._faces(img) if img is not None else []
+                crops = self._crops(img, faces) if img is not None else []
+                pending.append((record, [face.box for face in faces], crops, img if keep_images else None))
                 crops_pending += len(crops)
                 if crops_pending >= self.batch_size or len(pending) >= self.batch_size:
                     yield from self._flush(pending)
@@ -664,7 +618,7 @@ def add_predict_commands(subparsers: Any) -> None:
     """Register ``predict`` and ``export`` on the ``fernoise`` command's subparsers."""
     p = subparsers.add_parser(
         "predict", help="expressions of the faces in photos, folders and videos",
-        description="Find faces (OpenCV Haar cascade), classify their expression with a checkpoint and print "
+        description="Find faces (YuNet, or the Haar cascade), classify their expression with a checkpoint and print "
         "a table. Exit code 2 when any input failed; the others are still processed.",
     )
     p.add_argument("checkpoint", help="a fernoise checkpoint (.pt)")
@@ -673,10 +627,13 @@ def add_predict_commands(subparsers: Any) -> None:
     p.add_argument("--json", metavar="FILE", help="also write all results as JSON")
     p.add_argument("--annotate", metavar="DIR", help="write copies with boxes and labels drawn into DIR")
     p.add_argument("--every", type=_positive_int, default=1, metavar="K", help="videos: every K-th frame (default 1)")
-    p.add_argument("--detector", choices=["opencv", "none"], default="opencv",
-                   help="opencv (default) or none: each input is one pre-cropped face")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                   help=f"margin added around each face box, as a fraction of its size (default {DEFAULT_MARGIN})")
+    p.add_argument("--detector", choices=[*DETECTORS, "none", *OLD_DETECTOR_NAMES], default=DEFAULT_DETECTOR,
+                   help="face detector: yunet (default; finds tilted, partly covered and small faces), haar "
+                   "(OpenCV's frontal-face cascade; 'opencv' is its old name), or none: each input is one "
+                   "pre-cropped face")
+    p.add_argument("--margin", type=float, default=None, metavar="F",
+                   help="crop each face box grown by F of its size on each side, upright, instead of the default "
+                   "FER2013 framing (see docs/PREDICT.md)")
     p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH,
                    help=f"faces classified at once (default {DEFAULT_BATCH})")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device (default auto)")
