@@ -148,6 +148,18 @@ def test_predict_faces_gives_the_models_probabilities(cropped):
         assert sum(face.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_predictor_leaves_the_callers_model_as_it_was():
+    from fernoise.models import build_model
+
+    model = build_model("resnet18", len(CLASSES), in_channels=1, noise="dynamic").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    predictor = Predictor(model, CLASSES, SPEC, detector="none")
+    assert model.training and isinstance(model.layer1[0].bn1, torch.nn.BatchNorm2d)
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not isinstance(predictor.model.layer1[0].bn1, torch.nn.BatchNorm2d)  # the copy is folded
+
+
 def test_predict_accepts_paths_pil_images_and_arrays(tmp_path, cropped):
     rgb = synthetic_faces(1, size=70)[0]
     Image.fromarray(rgb).save(tmp_path / "face.png")
