@@ -16,6 +16,7 @@ from fernoise.reports import (
     compare_to_baseline,
     load_run,
     load_runs,
+    method_info,
     plot_confusion,
     t_quantile,
     table1,
@@ -87,6 +88,18 @@ def full_grid(tmp_path: Path) -> Path:
     return root
 
 
+def assert_plot(image: Image.Image, colors: list[str]) -> None:
+    """Axes drawn (long dark horizontal and vertical lines) and a curve in each of ``colors``."""
+    from matplotlib.colors import to_rgb
+
+    rgb = np.asarray(image.convert("RGB")).astype(int)
+    dark = rgb.max(axis=2) < 90
+    assert dark.mean(axis=1).max() > 0.4 and dark.mean(axis=0).max() > 0.25, "no axes"
+    for color in colors:
+        target = np.array(to_rgb(color)) * 255
+        assert (np.abs(rgb - target).max(axis=2) < 12).sum() > 300, f"no curve in {color}"
+
+
 def _summaries(root: Path, method: str) -> list[dict]:
     return [json.loads((p / "summary.json").read_text()) for p in sorted(root.glob(f"{method}-s*"))]
 
@@ -118,8 +131,9 @@ def test_write_report_writes_everything(full_grid: Path, tmp_path: Path):
             image.verify()
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.width >= 800 and image.height >= 400
-            assert np.asarray(image.convert("L")).std() > 5  # not a blank canvas
-        assert (out / name).stat().st_size > 20_000
+            methods = name.split("_", 2)[2].removesuffix(".png").split("_vs_") if name.startswith("fig") else []
+            assert_plot(image, [method_info(m.replace("dropout-periodic", "dropout+periodic")).color
+                                for m in methods])
     report = path.read_text()
     for name in EXPECTED_FIGURES:
         assert f"]({name})" in report
@@ -300,3 +314,32 @@ def test_plot_confusion(tmp_path: Path):
     with Image.open(tmp_path / "cm.png") as image:
         assert image.format == "PNG" and min(image.size) > 500
     assert not math.isnan(float(np.asarray(Image.open(tmp_path / "cm.png")).mean()))
+
+
+def _write_trace(run: Path, w: list[float], steps_per_epoch: int) -> None:
+    lines = ["epoch,step,w,w_min,w_max,grad_mean,grad_absmax"]
+    for i, value in enumerate(w):
+        epoch, step = divmod(i, steps_per_epoch)
+        lines.append(f"{epoch + 1},{step + 1},{value},{value - 1e-6},{value + 1e-6},{(i + 1) * 1e-9},{(i + 2) * 1e-8}")
+    (run / "autorelu_trace.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_report_counts_the_noisy_steps_of_dynamic_runs_and_warns_about_silent_ones(tmp_path: Path):
+    from fernoise.reports import trace_stats, write_trace_report
+
+    noisy = make_run(tmp_path, "dynamic", 0, epochs=2, noise=[0.5, 0.25], autorelu=True)
+    _write_trace(noisy, [0.1, 0.05, -0.01, -0.02, 0.03, 0.01, 0.02, -0.01], steps_per_epoch=4)
+    silent = make_run(tmp_path, "dynamic", 1, epochs=2, noise=[0, 0], autorelu=True)
+    _write_trace(silent, [0.1, 0.09, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03], steps_per_epoch=4)
+    stats = trace_stats(load_run(noisy).trace)
+    assert stats["noisy_steps"] == 3 and stats["first_noisy_step"] == 3 and stats["switches"] == 3
+    assert stats["longest_noisy_stretch"] == 2 and stats["noisy_share_per_epoch"] == {1: 0.5, 2: 0.25}
+    assert trace_stats(load_run(silent).trace)["first_noisy_step"] is None
+    report = write_report(load_runs([tmp_path]), tmp_path / "out", "cmd", "data").read_text()
+    assert "## Dynamic noise" in report and "| +Dynamic | 0 | exact, None | 3 of 8 (37.5%) | 3 | 3 | 2 |" in report
+    assert "**Warning: never noisy:** +Dynamic seed 1." in report
+    summary = write_trace_report(noisy)
+    assert summary == json.loads((noisy / "autorelu_trace.json").read_text()) | {"noisy_share_per_epoch": {1: 0.5,
+                                                                                                          2: 0.25}}
+    with Image.open(noisy / "autorelu_trace.png") as image:
+        assert_plot(image, ["tab:red", "tab:blue", "tab:green"])

@@ -677,6 +677,37 @@ def _write_figures(
 # ----------------------------------------------------------------------------- report
 
 
+def _dynamic_noise_markdown(runs: Sequence[RunRecord]) -> str:
+    """How often each dynamic run was noisy, with a warning for any that never was."""
+    dynamic = [run for run in runs if run.config.get("method", "").endswith("dynamic")]
+    if not dynamic:
+        return ""
+    lines = ["| Method | seed | AutoReLU grad, init | noisy steps | first noisy step | switches | longest noisy stretch |"
+             " noisy share per epoch |", "|" + "---|" * 8]
+    never = []
+    for run in sorted(dynamic, key=lambda r: (r.method, r.seed)):
+        cfg = run.config
+        setting = f"{cfg.get('autorelu_grad', 'exact')}, {cfg.get('autorelu_init')}"
+        shares = " ".join(f"{v:.2f}" for v in run.metrics["noise_on"])
+        if run.trace is not None:
+            stats = trace_stats(run.trace)
+            noisy = f"{stats['noisy_steps']} of {stats['steps']} ({stats['noisy_share']:.1%})"
+            first = stats["first_noisy_step"] or "never"
+            switches, longest = stats["switches"], stats["longest_noisy_stretch"]
+        else:  # runs from before the per-step trace: epoch shares only
+            noisy, first, switches, longest = f"{float(np.nanmean(run.metrics['noise_on'])):.1%} of steps", "?", "?", "?"
+        if np.nanmax(run.metrics["noise_on"], initial=0.0) == 0:
+            never.append(f"{method_info(run.method).label} seed {run.seed}")
+        lines.append(f"| {method_info(run.method).label} | {run.seed} | {setting} | {noisy} | {first} | {switches} | "
+                     f"{longest} | {shares} |")
+    text = ("Noise is on in a training step when the common AutoReLU weight is negative after the mean reset "
+            "(per-step counts from each run's `autorelu_trace.csv`).\n\n" + "\n".join(lines))
+    if never:
+        text += ("\n\n**Warning: never noisy:** " + ", ".join(never) + ". These runs trained without any injected "
+                 "noise, so they measure the baseline, not dynamic injection.")
+    return text
+
+
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
@@ -727,6 +758,9 @@ def write_report(
         "## Figures\n\nCurves: mean over seeds; band: min–max over seeds; shaded epochs: noise on "
         "(darker = on in more seeds or for more of the epoch).\n\n" + (figure_text or "No figures.")
     )
+    dynamic = _dynamic_noise_markdown(runs)
+    if dynamic:
+        parts.append("## Dynamic noise\n\n" + dynamic)
     run_lines = ["| Method | seed | epochs | best val F1 (epoch) | wall time | directory |", "|" + "---|" * 6]
     for method, group in groups.items():
         for run in group:

@@ -15,6 +15,8 @@ import io
 import itertools
 import json
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +143,14 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator, device: to
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def pause_point(phase: str, epoch: int) -> None:
+    """Fault injection for tests: with ``FERNOISE_PAUSE_AT=<phase>@<epoch>`` the process writes the
+    file named by ``FERNOISE_PAUSE_MARKER`` and stops itself (SIGSTOP) here, to be killed at a known phase."""
+    if os.environ.get("FERNOISE_PAUSE_AT") == f"{phase}@{epoch}":
+        Path(os.environ["FERNOISE_PAUSE_MARKER"]).write_text(phase)
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _read_trace(path: Path, start_epoch: int) -> list[list[Any]]:
@@ -279,6 +289,7 @@ def _train_locked(
     writer = None
     if ddp.is_main:
         write_text_atomic(out / "config.yaml", cfg.to_yaml())
+        pause_point("started", start_epoch)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out), purge_step=start_epoch)
@@ -334,12 +345,17 @@ def _train_locked(
             writer.flush()
             # best.pt first: a crash between the two writes then only repeats this epoch on resume.
             # best.pt is for use and sharing: no optimizer or other resume state (resuming reads last.pt).
-            if is_best:
-                save_checkpoint(best_path, inference_checkpoint(state))
-            save_checkpoint(last_path, state)
-            _write_metrics(out / "metrics.csv", rows)
+            pause_point("epoch-trained", epoch)
+            # The trace before last.pt: a resume from last.pt must find this epoch's rows in it.
             if trace_rows:
                 _write_trace(out / TRACE_FILE, trace_rows)
+            if is_best:
+                save_checkpoint(best_path, inference_checkpoint(state))
+                pause_point("best-written", epoch)
+            save_checkpoint(last_path, state)
+            pause_point("last-written", epoch)
+            _write_metrics(out / "metrics.csv", rows)
+            pause_point("epoch-done", epoch)
             noise = f" noise {row['noise_on']:.2f}" if controller.method != "none" else ""
             log(
                 f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
@@ -416,6 +432,8 @@ def _train_epoch(
                 loss_sum = _checked_loss_sum(weighted_losses[:step], epoch, ddp)
                 progress.show(loss_sum / max(seen, 1), running.compute(), seen / (time.perf_counter() - start))
             progress.update()
+            if step == 2:
+                pause_point("mid-epoch", epoch)
     finally:
         progress.close()
     loss_sum = float(weighted_losses.sum())
