@@ -174,3 +174,27 @@ def test_synthetic_is_generated_not_cached(tmp_path, monkeypatch):
     prepared = prepare("synthetic", out=tmp_path / "syn", size=32, split_seed=5, progress=False, quiet=True)
     assert prepared.meta["format"] == "synthetic" and len(prepared.splits["train"]) == 70
     assert np.array_equal(prepared.splits["val"].images, data.splits["val"].images)
+
+
+def _load_in_child(root: str, caches: str, queue) -> None:
+    data = load_data(root, cache_dir=caches, progress=False, quiet=True, workers=1)
+    queue.put((data.reused, data.meta["created"], len(data.splits["train"])))
+
+
+def test_processes_loading_an_uncached_source_at_once_build_it_once(tmp_path):
+    import multiprocessing
+
+    root = make_folders(tmp_path / "src")
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    children = [context.Process(target=_load_in_child, args=(str(root), str(tmp_path / "caches"), queue))
+                for _ in range(3)]
+    for child in children:
+        child.start()
+    results = [queue.get(timeout=120) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+    assert sorted(reused for reused, _, _ in results) == [False, True, True]  # one build, two reuses
+    assert len({created for _, created, _ in results}) == 1 and {n for _, _, n in results} == {12}
+    entries = sorted(p.name for p in (tmp_path / "caches").iterdir())
+    assert len(entries) == 2 and entries[0] == f".{entries[1]}.lock"  # one cache, no temporaries left

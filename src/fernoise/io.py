@@ -78,6 +78,23 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
         handle.write(data)
 
 
+@contextlib.contextmanager
+def exclusive(path: PathLike) -> Iterator[None]:
+    """Hold an exclusive OS lock (``fcntl.flock``) on the file ``path``, waiting for any other holder.
+
+    The file is created if missing and left in place (removing it would let a waiter lock a
+    file that no longer has a name). POSIX only.
+    """
+    import fcntl
+
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class RunLock:
     """An exclusive lock on an output directory, held for the life of a run.
 

@@ -16,7 +16,7 @@ import yaml
 
 from fernoise.config import METHODS, PAPER_METHODS, SPEED_ONLY, ConfigError, TrainConfig, config_changes, resolve_config
 from fernoise.io import PathLike
-from fernoise.train import TrainingError, train
+from fernoise.train import TrainingError, prepare_data, train
 
 def run_name(method: str, seed: int) -> str:
     return f"{method}-seed{seed}"
@@ -77,6 +77,8 @@ def reproduce(
         for cfg, run_dir in todo:
             ensure_run(cfg, run_dir, quiet, log)
     else:
+        # Decode the data once here rather than in every worker at the same moment.
+        prepare_data(todo[0][0], progress=not quiet)
         _train_concurrently(todo, jobs, quiet, log)
     runs = load_runs(run_dirs)
     command = command or "fernoise " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -39,7 +39,7 @@ from fernoise.data.formats import (
     open_tree,
     read_listing,
 )
-from fernoise.io import OutputError, atomic_write, write_text_atomic
+from fernoise.io import OutputError, atomic_write, exclusive, write_text_atomic
 
 CACHE_FORMAT = 1
 _SPLIT_ORDER = ("train", "val", "test")
@@ -529,6 +529,17 @@ def _prepare_synthetic(options: Mapping[str, Any], out: Path, *, quiet: bool) ->
     return open_cache(out)
 
 
+def _current(out: Path, fp: str) -> PackedData | None:
+    """The cache in ``out`` if it exists and matches fingerprint ``fp``."""
+    if (out / "meta.json").is_file():
+        with contextlib.suppress(DataError):
+            data = open_cache(out)
+            if data.meta.get("fingerprint") == fp:
+                data.reused = True
+                return data
+    return None
+
+
 def load_data(source: str | os.PathLike[str], *, size: int = 48, cache_dir: str | os.PathLike[str] | None = None,
               format: str | None = None, channels: int | None = None, margin: float = 0.0,
               affectnet_classes: int = 7, class_map: str | Mapping[str, str] | None = None,
@@ -557,12 +568,16 @@ def load_data(source: str | os.PathLike[str], *, size: int = 48, cache_dir: str 
             tree = stack.enter_context(DirTree(path))
             layout = find_layout(tree, format)
         fp = fingerprint(path, options, tree, layout)
-        if (out / "meta.json").is_file():
-            with contextlib.suppress(DataError):
-                data = open_cache(out)
-                if data.meta.get("fingerprint") == fp:
-                    data.reused = True
-                    return data
+        cached = _current(out, fp)
+        if cached is not None:
+            return cached
+        # One build at a time across processes (reproduce --jobs, torchrun); whoever waited
+        # finds the finished cache.
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(exclusive(out.with_name(f".{out.name}.lock")))
+        cached = _current(out, fp)
+        if cached is not None:
+            return cached
         if tree is None:
             tree = stack.enter_context(open_tree(path))
             layout = find_layout(tree, format)
