@@ -708,7 +708,7 @@ def _dynamic_noise_markdown(runs: Sequence[RunRecord]) -> str:
     return text
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
@@ -771,7 +771,7 @@ def write_report(
             best = f"{run.summary['best_val_f1']:.4f} ({run.summary['best_epoch']})"
             run_lines.append(
                 f"| {method_info(method).label} | {run.seed} | {run.epochs} | {best} | "
-                f"{_duration(run.wall_seconds)} | `{where}` |"
+                f"{format_duration(run.wall_seconds)} | `{where}` |"
             )
     parts.append("## Runs\n\n" + "\n".join(run_lines))
     if extra:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -16,7 +17,9 @@ import yaml
 
 from fernoise.config import METHODS, PAPER_METHODS, SPEED_ONLY, ConfigError, TrainConfig, config_changes, resolve_config
 from fernoise.io import PathLike
+from fernoise.reports import format_duration, load_runs, write_report
 from fernoise.train import TrainingError, prepare_data, train
+
 
 def run_name(method: str, seed: int) -> str:
     return f"{method}-seed{seed}"
@@ -53,8 +56,6 @@ def reproduce(
     the cores are split between them. Every run is seeded on its own, so the results
     do not depend on ``jobs`` (on the CPU up to rounding, as the thread count changes).
     """
-    from fernoise.reports import load_runs, write_report
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
@@ -74,8 +75,9 @@ def reproduce(
             else:
                 todo.append((cfg, run_dir))
     if jobs == 1 or len(todo) <= 1:
+        clock = _GridClock(todo, log)
         for cfg, run_dir in todo:
-            ensure_run(cfg, run_dir, quiet, log)
+            ensure_run(cfg, run_dir, quiet, log, on_epoch=clock.epoch_done)
     else:
         # Decode the data once here rather than in every worker at the same moment.
         prepare_data(todo[0][0], progress=not quiet)
@@ -91,13 +93,41 @@ def reproduce(
     return write_report(runs, out, command=command, data_description=description)
 
 
-def ensure_run(cfg: TrainConfig, run_dir: Path, quiet: bool, log: Callable[[str], None]) -> None:
+def ensure_run(cfg: TrainConfig, run_dir: Path, quiet: bool, log: Callable[[str], None],
+               on_epoch: Optional[Callable[[dict[str, Any]], None]] = None) -> None:
     """Reuse the finished run in ``run_dir``, resume it from ``last.pt``, or train it from the start."""
     if _finished(run_dir, cfg):
         return
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
     log(f"[{run_dir.name}] {'resuming' if resume else 'training'}")
-    train(cfg, run_dir, resume=resume, quiet=quiet, log=lambda msg: log(f"[{run_dir.name}] {msg}"))
+    train(cfg, run_dir, resume=resume, quiet=quiet, log=lambda msg: log(f"[{run_dir.name}] {msg}"),
+          on_epoch=on_epoch)
+
+
+class _GridClock:
+    """After every epoch, how much of the grid is done and about how long the rest will take."""
+
+    def __init__(self, todo: Sequence[tuple[TrainConfig, Path]], log: Callable[[str], None]) -> None:
+        self.log = log
+        self.left = sum(cfg.epochs - _epochs_done(run_dir) for cfg, run_dir in todo)
+        self.total, self.done = self.left, 0
+        self.start = time.monotonic()
+
+    def epoch_done(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.start
+        rest = elapsed / self.done * (self.total - self.done)
+        self.log(f"[grid] {self.done}/{self.total} epochs in {format_duration(elapsed)}, "
+                 f"about {format_duration(rest)} left")
+
+
+def _epochs_done(run_dir: Path) -> int:
+    try:
+        with open(run_dir / "metrics.csv", newline="") as handle:
+            return sum(1 for _ in handle) - 1
+    except FileNotFoundError:
+        return 0
+
 
 
 def _worker_init(threads: int) -> None:

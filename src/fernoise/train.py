@@ -208,10 +208,12 @@ def train(
     resume: bool = False,
     quiet: bool = False,
     log: Callable[[str], None] = print,
+    on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
     """Train one run; return its summary (also written to ``summary.json``).
 
-    Under torchrun every process calls this; only rank 0 locks and writes ``out_dir``.
+    ``on_epoch`` is called with each finished epoch's metrics row. Under torchrun every
+    process calls this; only rank 0 locks and writes ``out_dir``.
     """
     out = Path(out_dir)
     ddp, device = init_distributed(cfg.device)
@@ -219,7 +221,7 @@ def train(
         if not ddp.is_main:
             return _train_locked(cfg, out, ddp, device, resume=resume, quiet=True, log=lambda _: None)
         with RunLock(out):
-            return _train_locked(cfg, out, ddp, device, resume=resume, quiet=quiet, log=log)
+            return _train_locked(cfg, out, ddp, device, resume=resume, quiet=quiet, log=log, on_epoch=on_epoch)
     finally:
         ddp.close()
 
@@ -233,6 +235,7 @@ def _train_locked(
     resume: bool,
     quiet: bool,
     log: Callable[[str], None],
+    on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
     ckpt_dir = out / "checkpoints"
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
@@ -361,6 +364,8 @@ def _train_locked(
                 f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
                 f"val F1 {val['macro_f1']:.4f}  acc {val['accuracy']:.4f}{noise}  {row['seconds']:.1f}s"
             )
+            if on_epoch is not None:
+                on_epoch(row)
     finally:
         if writer is not None:
             writer.close()
