@@ -85,3 +85,28 @@ def test_settings_a_method_does_not_use_do_not_block_reuse():
     assert "method" in config_changes(dynamic, TrainConfig(method="baseline"))
     del dynamic["autorelu_grad"]  # saved before the key existed: it ran the exact gradient
     assert set(config_changes(dynamic, TrainConfig(method="dynamic"))) == {"autorelu_grad"}
+
+
+def test_quick_preset_dynamic_runs_are_noisy_and_periodic_ones_have_noisy_epochs():
+    """The README's first command must show the noise: with the exact AutoReLU gradient the common
+    weight is Adam on a lone zero-gradient parameter (pinned in test_noise), so it can be replayed here."""
+    import math
+
+    import torch
+
+    from fernoise.noise import PeriodicSchedule
+
+    cfg = resolve_config(preset_path("quick"), method="dynamic")
+    assert cfg.autorelu_grad == "exact" and cfg.image_size == 32
+    steps_per_epoch = math.ceil(cfg.train_limit / cfg.batch_size)
+    w = torch.nn.Parameter(torch.tensor([cfg.autorelu_init]))
+    optimizer = torch.optim.Adam([w], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    noisy = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        noisy.append(bool(w.detach() < 0))
+        w.grad = torch.zeros_like(w)
+        optimizer.step()
+    shares = [sum(noisy[e * steps_per_epoch:(e + 1) * steps_per_epoch]) / steps_per_epoch for e in range(cfg.epochs)]
+    assert all(s > 0 for s in shares) and 0.2 < sum(shares) / len(shares) < 0.8, shares
+    schedule = PeriodicSchedule(cfg.interval, cfg.interval_unit)
+    assert [schedule.advance() for _ in range(cfg.epochs)].count(True) >= 2
