@@ -71,6 +71,20 @@ def test_reproduce_tiny_grid_writes_the_report(tmp_path):
     result = fernoise(*args)  # finished runs are reused, not retrained
     assert result.stdout.count("reused") == 6
     assert mtimes == {p: p.stat().st_mtime_ns for p in out.glob("*-seed*/summary.json")}
+    # a clone holds only what git keeps of a run (config.yaml, metrics.csv, summary.json, the trace):
+    # the grid goes on from those files alone, without checkpoints or TensorBoard events
+    import shutil
+
+    for run in out.glob("*-seed*"):
+        shutil.rmtree(run / "checkpoints")
+        for events in run.glob("events.out.tfevents.*"):
+            events.unlink()
+    shutil.rmtree(out / "periodic-seed1")  # one run was never finished there
+    result = fernoise(*args)
+    assert result.stdout.count("reused") == 5 and "[periodic-seed1] training" in result.stdout
+    assert {p: p.stat().st_mtime_ns for p in mtimes if p.parent.name != "periodic-seed1"} == {
+        p: t for p, t in mtimes.items() if p.parent.name != "periodic-seed1"}
+    assert "| +Dynamic | 1 | exact, 0.001 |" in (out / "report.md").read_text()  # the quick preset
 
 
 def _folder_dataset(root: Path, classes: dict[str, int]) -> Path:

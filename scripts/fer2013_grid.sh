@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The paper's comparison on the full FER2013 training set (issue 14): 5 methods x 3 seeds x 20 epochs,
+# PublicTest as validation, the fer2013-paper preset (fp32). Safe to stop and start again at any time:
+# finished runs are reused (from config.yaml, metrics.csv and summary.json alone) and a stopped run
+# resumes from its checkpoints/last.pt. The first dynamic run goes first, since it is also the
+# 20-epoch AutoReLU trace of RESULTS.md. Meant for the background:
+#   nohup scripts/fer2013_grid.sh > fer2013-grid.log 2>&1 &
+# and scripts/commit_runs.sh beside it commits each run's small files as soon as it finishes.
+set -eu
+cd "$(dirname "$0")/.."
+DATA=${1:-../shared/data/fer2013-trainval.tar.gz}
+GRID=(--data "$DATA" --config fer2013-paper --epochs 20 --out results/fer2013 --quiet)
+fernoise reproduce "${GRID[@]}" --methods dynamic --seeds 1
+fernoise reproduce "${GRID[@]}" --seeds 3
+echo "GRID DONE"
