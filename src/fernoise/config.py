@@ -70,7 +70,7 @@ class TrainConfig:
     interval: int = 3
     interval_unit: str = "epoch"
     dropout: float = 0.3
-    autorelu_init: float = 0.1
+    autorelu_init: float = 0.01
     autorelu_constant: float = 6.0
     autorelu_sync: str = "global"
     autorelu_grad: str = "autograd"

@@ -603,7 +603,7 @@ def plot_autorelu_trace(trace: Mapping[str, np.ndarray], path: PathLike, title: 
         ax.legend(fontsize=8, loc="best")
     axes[0].axhline(0.0, color="black", lw=0.8)
     axes[-1].set_xlabel("training step (grey lines: epoch boundaries)")
-    axes[0].set_title(title)
+    axes[0].set_title(title, fontsize=9)
     _save(fig, Path(path))
 
 
