@@ -5,11 +5,17 @@
 # resumes from its checkpoints/last.pt. The first dynamic run goes first, since it is also the
 # 20-epoch AutoReLU trace of RESULTS.md. Meant for the background:
 #   nohup scripts/fer2013_grid.sh > fer2013-grid.log 2>&1 &
-# and scripts/commit_runs.sh beside it commits each run's small files as soon as it finishes.
+# and `scripts/commit_runs.sh results/fer2013 results/fer2013-bnrecal` beside it commits each run's
+# small files as soon as it finishes.
 set -eu
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/fer2013-trainval.tar.gz}
 GRID=(--data "$DATA" --config fer2013-paper --epochs 20 --out results/fer2013 --quiet)
 fernoise reproduce "${GRID[@]}" --methods dynamic --seeds 1
 fernoise reproduce "${GRID[@]}" --seeds 3
+# How much of the validation drop in noisy epochs comes from BatchNorm statistics: periodic with
+# the statistics re-estimated on 20 clean training batches before each evaluation (seed 0), to set
+# beside results/fer2013/periodic-seed0.
+fernoise reproduce --data "$DATA" --config fer2013-paper --epochs 20 --quiet --methods periodic --seeds 1 \
+  --bn-recalibrate 20 --out results/fer2013-bnrecal
 echo "GRID DONE"
