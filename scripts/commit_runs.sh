@@ -12,7 +12,9 @@ EVERY=${EVERY:-300}
 commit() {  # message, then paths: commit only these paths, whatever else is staged
   local message=$1; shift
   git add -- "$@" 2>/dev/null || return
-  git diff --cached --quiet -- "$@" || git commit -q -m "$message" -- "$@" && echo "$message"
+  if ! git diff --cached --quiet -- "$@"; then
+    git commit -q -m "$message" -- "$@" && echo "$message"
+  fi
 }
 
 commit_folder() {
