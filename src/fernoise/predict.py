@@ -37,7 +37,7 @@ from fernoise.data import normalize
 from fernoise.data.formats import to_8bit
 from fernoise.detect import DETECTORS, Box, Detection, crop_face, make_detector
 from fernoise.io import PathLike, write_bytes_atomic, write_text_atomic
-from fernoise.models import fold_batchnorm
+from fernoise.batchnorm import fold_batchnorm
 
 __all__ = [
     "Face", "Prediction", "Predictor", "PredictError", "load_image", "find_inputs",

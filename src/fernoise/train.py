@@ -36,7 +36,8 @@ from fernoise.distributed import DeviceError, Distributed, init_distributed
 from fernoise.evaluate import evaluate_arrays
 from fernoise.io import PathLike, RunLock, write_text_atomic
 from fernoise.metrics import RunningF1
-from fernoise.models import build_model, recalibrate_batchnorm
+from fernoise.batchnorm import recalibrate_batchnorm
+from fernoise.models import build_model
 from fernoise.noise import TRACE_COLUMNS, NoiseController, PeriodicSchedule, autorelu_weight
 from fernoise.step import TrainStep
 
