@@ -134,3 +134,16 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: PathLike = "checkp
     if problem:
         raise CheckpointError(f"{source}: weights do not fit the model it describes: {problem}")
     return model.eval()
+
+
+def parse_input(spec: Any, source: PathLike) -> tuple[int, int, list[float], list[float]]:
+    """``size, channels, mean, std`` from a checkpoint's ``input`` entry, checked."""
+    try:
+        size, channels = int(spec["size"]), int(spec["channels"])
+        mean, std = [float(v) for v in spec["mean"]], [float(v) for v in spec["std"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: malformed input description {spec!r}: {exc}") from None
+    if size < 1 or channels not in (1, 3) or len(mean) not in (1, channels) or len(std) not in (1, channels) \
+            or min(std) <= 0:
+        raise CheckpointError(f"{source}: malformed input description {spec!r}")
+    return size, channels, mean, std

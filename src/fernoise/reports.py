@@ -31,11 +31,12 @@ from matplotlib.patches import Patch
 
 from .io import write_bytes_atomic, write_text_atomic
 from .noise import TRACE_COLUMNS
-from .train import TRACE_FILE
+from .runfiles import METRIC_COLUMNS, TRACE_FILE
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_f1", "val_acc", "noise_on", "lr", "seconds")
+# The metrics.csv columns a report needs (train_f1 is not shown, so not required).
+REQUIRED_METRICS = tuple(c for c in METRIC_COLUMNS if c != "train_f1")
 SUMMARY_KEYS = ("best_val_f1", "best_epoch", "final_val_f1", "final_train_loss")
 
 
@@ -131,7 +132,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _read_metrics(path: Path, columns: Sequence[str] = METRIC_COLUMNS, key: str | None = "epoch"
+def _read_metrics(path: Path, columns: Sequence[str] = REQUIRED_METRICS, key: str | None = "epoch"
                   ) -> dict[str, np.ndarray]:
     """A numeric CSV as columns; ``key``, when given, must be an integer that increases from row to row."""
     reader = csv.reader(io.StringIO(_read_text(path)))
