@@ -32,6 +32,7 @@ from torch import nn
 
 from fernoise.io import PathLike, atomic_write
 from fernoise.models import build_model
+from fernoise.version import __version__
 
 FORMAT = "fernoise-checkpoint"
 VERSION = 1
@@ -48,8 +49,6 @@ def save_checkpoint(path: PathLike, checkpoint: dict[str, Any]) -> None:
 
     ``fernoise_version`` records the fernoise that first wrote it (kept when re-saved).
     """
-    from fernoise import __version__
-
     payload = {"format": FORMAT, "version": VERSION, "fernoise_version": __version__, **checkpoint}
     with atomic_write(path, "wb") as handle:
         torch.save(payload, handle)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from fernoise import __version__
+from fernoise.version import __version__
 from fernoise.config import CHOICES, PAPER_METHODS, TrainConfig
 
 EXIT_ERROR = 2

@@ -376,6 +376,11 @@ def _cell(mean: float | None, std: float | None, n: int, fmt: str) -> str:
     return f"{mean:{fmt}}{spread} (n={n})"
 
 
+def mean_std_cell(values: Sequence[float], fmt: str) -> str:
+    """``mean ± std (n=N)`` of ``values`` (sample std), as the tables show it."""
+    return _cell(*_mean_std(values), len(values), fmt)
+
+
 def _table1_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """Paper layout: methods as columns, quantities as rows; test rows only when some run has them."""
     lines = [
