@@ -28,8 +28,11 @@ def host_readable(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def apply_sign(x: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-    """``x * sign`` for a 0-d ``sign`` of +1 or -1: on the CPU ``-x`` or ``x`` itself (no multiply)."""
+def apply_sign(x: torch.Tensor, sign: torch.Tensor | float) -> torch.Tensor:
+    """``x * sign`` for a ``sign`` of +1 or -1 (a number or 0-d tensor): where it can be read for free,
+    ``-x`` or ``x`` itself (no multiply)."""
+    if not isinstance(sign, torch.Tensor):
+        return -x if sign < 0 else x
     if host_readable(sign):
         return -x if sign.item() < 0 else x
     return x * sign

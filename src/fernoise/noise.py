@@ -66,10 +66,11 @@ AUTORELU_EPS = 1e-6
 # --------------------------------------------------------------------------- functional forms
 
 
-def sign_flip(x: torch.Tensor, sign: torch.Tensor, training: bool = True) -> torch.Tensor:
+def sign_flip(x: torch.Tensor, sign: torch.Tensor | float, training: bool = True) -> torch.Tensor:
     """The periodic noise (section 3.1): ``sign * x`` in training, ``x`` outside it.
 
-    ``sign`` is a 0-d tensor, ``-1`` while Algorithm 1's flag is set and ``+1`` otherwise.
+    ``sign`` is ``-1`` while Algorithm 1's flag is set and ``+1`` otherwise (a number, or
+    the 0-d tensor that :class:`SignFlip` keeps on the model's device).
     """
     return fastpath.apply_sign(x, sign) if training else x
 

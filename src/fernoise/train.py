@@ -47,6 +47,8 @@ from fernoise.runfiles import METRIC_COLUMNS, METRICS_FILE, TRACE_FILE, trace_ro
 from fernoise.step import TrainStep
 
 CHECK_EVERY = 10  # steps between host syncs for the progress bar and the NaN check
+LAST_PT = Path("checkpoints", "last.pt")  # complete, for resuming
+BEST_PT = Path("checkpoints", "best.pt")  # inference only, the best validation macro-F1
 
 
 class TrainingError(RuntimeError):
@@ -186,7 +188,7 @@ class _Run:
     noise: NoiseController
     augment: Augmenter
     generator: torch.Generator  # the order and augmentation of the training batches
-    step: TrainStep
+    train_step: TrainStep  # one optimisation step (eager, or a replayed CUDA graph)
     epoch: int = 0  # the last finished epoch
     best: dict[str, Any] = field(default_factory=lambda: {"val_f1": -1.0, "epoch": 0})
     rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.csv
@@ -194,11 +196,11 @@ class _Run:
 
     @property
     def last_path(self) -> Path:
-        return self.out / "checkpoints" / "last.pt"
+        return self.out / LAST_PT
 
     @property
     def best_path(self) -> Path:
-        return self.out / "checkpoints" / "best.pt"
+        return self.out / BEST_PT
 
     @property
     def num_classes(self) -> int:
@@ -239,11 +241,11 @@ def _start(cfg: TrainConfig, out: Path, ddp: Distributed, device: torch.device, 
     generator = torch.Generator().manual_seed(cfg.seed)
     weights = class_weights(data.train_labels, len(packed.classes)).to(device) if cfg.class_weighted_loss else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    step = TrainStep(net, optimizer, criterion, noise, precision=cfg.precision, capture=cfg.capture,
-                     skip_nonfinite=cfg.nonfinite == "skip", reduce=ddp.sum_ if ddp.enabled else None)
+    train_step = TrainStep(net, optimizer, criterion, noise, precision=cfg.precision, capture=cfg.capture,
+                           skip_nonfinite=cfg.nonfinite == "skip", reduce=ddp.sum_ if ddp.enabled else None)
     data = _place_data(cfg, data, device, log)
     return _Run(cfg, out, ddp, device, log, quiet, data, model, net, optimizer, scheduler, noise, augment,
-                generator, step)
+                generator, train_step)
 
 
 def _resume(run: _Run) -> None:
@@ -332,7 +334,7 @@ def _train_locked(
     log: Callable[[str], None],
     on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
-    if not resume and ((out / "checkpoints" / "last.pt").exists() or (out / METRICS_FILE).exists()):
+    if not resume and ((out / LAST_PT).exists() or (out / METRICS_FILE).exists()):
         raise TrainingError(f"{out} already holds a run; use --resume to continue it or choose another --out")
     if cfg.batch_size % ddp.world_size:
         raise TrainingError(f"batch size {cfg.batch_size} does not divide among {ddp.world_size} processes")
@@ -397,8 +399,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
             inputs = run.augment(images, generator=run.generator, train=True)
             if cfg.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            loss, logits = run.step(inputs, labels)
-            stats.add(step, loss, logits, labels, skipped=run.step.last_step_skipped)
+            loss, logits = run.train_step(inputs, labels)
+            stats.add(step, loss, logits, labels, skipped=run.train_step.last_step_skipped)
             if step % CHECK_EVERY == 1 or step == total:
                 progress.show(*stats.so_far(step, epoch))
             progress.update()
