@@ -39,7 +39,7 @@ from fernoise.data.formats import (
     read_listing,
 )
 from fernoise.data.packed import PackedData, Split, channel_stats, class_counts
-from fernoise.data.synthetic import make_synthetic
+from fernoise.data import synthetic
 from fernoise.io import OutputError, atomic_write, exclusive, write_text_atomic
 
 CACHE_FORMAT = 1
@@ -458,7 +458,7 @@ def prepare(source: str | os.PathLike[str], *, size: int = 48, out: str | os.Pat
 
 
 def _synthetic(options: Mapping[str, Any]) -> PackedData:
-    return make_synthetic(size=options["size"], channels=options["channels"] or 1, seed=options["split_seed"])
+    return synthetic.make_synthetic(size=options["size"], channels=options["channels"] or 1, seed=options["split_seed"])
 
 
 def _prepare_synthetic(options: Mapping[str, Any], out: Path, *, quiet: bool) -> PackedData:
