@@ -24,6 +24,7 @@ from torch import nn
 
 from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from fernoise.data import Augmenter, PackedData, iterate_batches, load_data
+from fernoise.data.packed import SPLITS
 from fernoise.distributed import resolve_device
 from fernoise.io import PathLike, write_text_atomic
 from fernoise.metrics import classification_scores
@@ -81,9 +82,6 @@ def evaluate_arrays(
 
 
 # --------------------------------------------------------------------------- which images
-
-
-SPLITS = ("train", "val", "test")
 
 
 def own_splits(packed: PackedData) -> list[str]:

@@ -37,7 +37,7 @@ place nor p.
 """
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional, Sequence, Type
+from typing import Callable, Literal, Optional, Sequence, Type, get_args
 
 import torch
 from torch import nn
@@ -55,9 +55,9 @@ __all__ = [
 NoiseKind = Literal["none", "periodic", "dynamic"]
 Position = Literal["bn1", "bn2", "sum", "all"]
 Stem = Literal["imagenet", "small"]
-NOISE_KINDS = ("none", "periodic", "dynamic")
-POSITIONS = ("bn1", "bn2", "sum", "all")
-STEMS = ("imagenet", "small")
+NOISE_KINDS: tuple[str, ...] = get_args(NoiseKind)
+POSITIONS: tuple[str, ...] = get_args(Position)
+STEMS: tuple[str, ...] = get_args(Stem)
 # The injection points of a BasicBlock each position uses ("all": each BN+ReLU unit once).
 POSITION_POINTS = {"bn1": ("bn1",), "bn2": ("bn2",), "sum": ("sum",), "all": ("bn1", "sum")}
 

@@ -27,7 +27,7 @@ and the controller that drive them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Literal, Optional
+from typing import Iterable, Literal, Optional, get_args
 
 import torch
 from torch import nn
@@ -54,9 +54,9 @@ ScheduleUnit = Literal["epoch", "step"]
 SyncScope = Literal["global", "layer"]
 AutoReLUGrad = Literal["autograd", "exact"]
 
-SCHEDULE_UNITS = ("epoch", "step")
-SYNC_SCOPES = ("global", "layer")
-AUTORELU_GRADS = ("autograd", "exact")
+SCHEDULE_UNITS: tuple[str, ...] = get_args(ScheduleUnit)
+SYNC_SCOPES: tuple[str, ...] = get_args(SyncScope)
+AUTORELU_GRADS: tuple[str, ...] = get_args(AutoReLUGrad)
 DEFAULT_CLIFF = 6.0
 DEFAULT_AUTORELU_INIT = 0.01
 DEFAULT_AUTORELU_GRAD: AutoReLUGrad = "autograd"

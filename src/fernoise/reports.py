@@ -30,8 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .io import write_bytes_atomic, write_text_atomic
-from .noise import TRACE_COLUMNS
-from .runfiles import METRIC_COLUMNS, TRACE_FILE
+from .runfiles import METRIC_COLUMNS, TRACE_FILE, TRACE_HEADER
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -185,7 +184,7 @@ def _is_number(value: Any) -> bool:
 
 def read_trace(path: PathLike) -> dict[str, np.ndarray]:
     """An ``autorelu_trace.csv`` (one row per training step) as columns."""
-    return _read_metrics(Path(path), ("epoch", "step", *TRACE_COLUMNS), key=None)
+    return _read_metrics(Path(path), TRACE_HEADER, key=None)
 
 
 def load_run(run_dir: PathLike) -> RunRecord:

@@ -17,6 +17,7 @@ from fernoise.noise import TRACE_COLUMNS
 
 METRICS_FILE = "metrics.csv"
 TRACE_FILE = "autorelu_trace.csv"  # dynamic runs: one row per training step (AutoReLUTrace)
+TRACE_HEADER = ("epoch", "step", *TRACE_COLUMNS)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_f1", "val_loss", "val_f1", "val_acc", "noise_on", "lr", "seconds"]
 
 
@@ -32,7 +33,7 @@ def write_trace(path: Path, rows: list[list[Any]]) -> None:
     """Rows of ``[epoch, step, *TRACE_COLUMNS]``, the values with 9 significant digits (float32's)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["epoch", "step", *TRACE_COLUMNS])
+    writer.writerow(TRACE_HEADER)
     writer.writerows([r[:2] + [f"{v:.9g}" for v in r[2:]] for r in rows])
     write_text_atomic(path, buffer.getvalue())
 

@@ -38,12 +38,11 @@ from fernoise.data.formats import (
     open_tree,
     read_listing,
 )
-from fernoise.data.packed import PackedData, Split, channel_stats, class_counts
+from fernoise.data.packed import SPLITS, PackedData, Split, channel_stats, class_counts
 from fernoise.data import synthetic
 from fernoise.io import OutputError, atomic_write, exclusive, write_text_atomic
 
 CACHE_FORMAT = 1
-_SPLIT_ORDER = ("train", "val", "test")
 _SERIAL_BELOW = 512  # items; a process pool costs more than it saves below this
 
 
@@ -255,7 +254,7 @@ def _decode_all(tree: Tree, listing: Listing, out_dir: Path, *, size: int, chann
                 skip_bad: bool, workers: int, progress: bool) -> tuple[dict[str, Split], int]:
     """Decode every item into the output arrays; returns the splits and the clipped-box count."""
     items = listing.items
-    counts = {s: sum(1 for it in items if it.split == s) for s in _SPLIT_ORDER}
+    counts = {s: sum(1 for it in items if it.split == s) for s in SPLITS}
     output = _Output(out_dir, {s: n for s, n in counts.items() if n}, size, channels)
     label_index = {name: i for i, name in enumerate(listing.classes)}
     errors: list[tuple[str, str]] = []
@@ -394,7 +393,7 @@ def _build(path: Path, tree: Tree, layout: Layout, options: Mapping[str, Any], f
     listing = read_listing(tree, layout, affectnet_classes=options["affectnet_classes"],
                            class_map=options["class_map"], skip_bad=options["skip_bad"])
     items = listing.items
-    source_splits = [name for name in _SPLIT_ORDER if any(item.split == name for item in items)]
+    source_splits = [name for name in SPLITS if any(item.split == name for item in items)]
     if "train" in source_splits and "val" not in source_splits:
         items, note = _carve_val(items, options["val_fraction"], options["split_seed"])
         listing.items = items
@@ -404,7 +403,7 @@ def _build(path: Path, tree: Tree, layout: Layout, options: Mapping[str, Any], f
             tree, listing, tmp, size=options["size"], channels=options["channels"], margin=options["margin"],
             skip_bad=options["skip_bad"], workers=workers or _default_workers(), progress=progress,
         )
-        for name in _SPLIT_ORDER:
+        for name in SPLITS:
             if any(item.split == name for item in items) and name not in splits:
                 listing.notes.append(f"the {name} split has no readable images and was left out")
         channels = next(iter(splits.values())).images.shape[3]

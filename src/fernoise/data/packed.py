@@ -7,6 +7,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+SPLITS = ("train", "val", "test")  # the split names, in this order wherever splits are listed
+
 
 @dataclass
 class Split:

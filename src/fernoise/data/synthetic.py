@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 import numpy as np
 
-from fernoise.data.packed import PackedData, Split, channel_stats, class_counts
+from fernoise.data.packed import SPLITS, PackedData, Split, channel_stats, class_counts
 
 SYNTHETIC_CLASSES: list[str] = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
 
@@ -438,7 +438,7 @@ def make_synthetic(
     (or the first split when there is none).
     """
     sizes = dict(DEFAULT_SPLIT_SIZES if split_sizes is None else split_sizes)
-    unknown = set(sizes) - {"train", "val", "test"}
+    unknown = set(sizes) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown split names {sorted(unknown)}; expected train, val, test")
     if not sizes or any(n < 0 for n in sizes.values()) or sum(sizes.values()) == 0:
