@@ -25,8 +25,11 @@ done
 
 # Position ablation (the paper: one unit per block best, all units no better than none).
 for P in bn1 bn2 sum all; do
-  methods=(baseline periodic dynamic)
-  [ "$P" = bn2 ] && methods=(baseline periodic)  # dynamic replaces a ReLU, and none follows bn2
+  methods=(baseline periodic)
+  # dynamic where fernoise allows it (it replaces a ReLU, and none follows bn2)
+  if python3 -c "from fernoise.models import check_noise; check_noise('dynamic', '$P')" 2>/dev/null; then
+    methods+=(dynamic)
+  fi
   fernoise reproduce "${RUN[@]}" --config fer2013-paper --methods "${methods[@]}" --seeds 1 \
     --position "$P" --out "$OUT/ablation-position-$P" "${EXTRA[@]}"
 done

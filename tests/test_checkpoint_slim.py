@@ -20,7 +20,8 @@ from fernoise.config import TrainConfig
 from fernoise.data import Augmenter
 from fernoise.data.synthetic import render_faces
 from fernoise.evaluate import evaluate_checkpoint, predict_arrays
-from fernoise.predict import Predictor, export_onnx
+from fernoise.export import export_onnx
+from fernoise.predict import Predictor
 from fernoise.train import TrainingError, train
 
 HALF_LOGIT_TOLERANCE = 1e-2

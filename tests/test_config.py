@@ -52,8 +52,8 @@ def test_invalid_values_are_refused(kwargs, message):
 
 def test_methods_map_to_noise_and_dropout():
     both = TrainConfig(method="dropout+periodic", dropout=0.4)
-    assert (both.noise, both.dropout_p) == ("periodic", 0.4)
-    assert TrainConfig(method="periodic").dropout_p == 0.0
+    assert (both.noise, both.model_kwargs(7, 1)["dropout"]) == ("periodic", 0.4)
+    assert TrainConfig(method="periodic").model_kwargs(7, 1)["dropout"] == 0.0
     assert TrainConfig(method="dynamic").noise == "dynamic"
 
 

@@ -75,8 +75,8 @@ def test_controller_parts_equal_start_step():
             for unit in units:
                 unit.weight.data.fill_(value)
             if split:
-                controller.tick()
-                controller.count(controller.sync())
+                controller.advance_step()
+                controller.reset_autorelu()
             else:
                 controller.start_step()
         return controller.epoch_noise_fraction()

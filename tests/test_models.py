@@ -207,7 +207,7 @@ def test_build_model_from_other_libraries():
 
 @pytest.mark.parametrize("noise", ["none", "periodic", "dynamic"])
 def test_folding_batchnorm_keeps_the_eval_output(noise):
-    from fernoise.models import fold_batchnorm
+    from fernoise.batchnorm import fold_batchnorm
 
     torch.manual_seed(0)
     model = build_model("resnet18", 7, noise=noise, position="all" if noise != "dynamic" else "sum")
@@ -296,7 +296,7 @@ def test_every_architecture_trains_a_step_with_noise_on(arch, method):
 @pytest.mark.parametrize("noise", ["periodic", "dynamic"])
 @pytest.mark.parametrize("arch", ["torchvision:resnet18", "timm:resnet18", "timm:mobilenetv2_100", "resnet18"])
 def test_sync_batchnorm_conversion_keeps_noise_at_every_injection_point(arch, noise):
-    from fernoise.models import convert_sync_batchnorm
+    from fernoise.inject import convert_sync_batchnorm
 
     if arch.startswith("timm:"):
         pytest.importorskip("timm")
@@ -323,7 +323,7 @@ def test_sync_batchnorm_conversion_keeps_noise_at_every_injection_point(arch, no
 
 @pytest.mark.parametrize("arch", ["resnet18", "torchvision:resnet18"])
 def test_batchnorm_recalibration_restores_the_statistics_of_a_clean_pass(arch):
-    from fernoise.models import recalibrate_batchnorm
+    from fernoise.batchnorm import recalibrate_batchnorm
 
     torch.manual_seed(0)
     model = build_model(arch, 7, noise="periodic", dropout=0.3 if arch == "resnet18" else 0.0)

@@ -352,3 +352,31 @@ def test_schedule_and_autorelu_weights_round_trip_through_a_checkpoint(tmp_path)
     fresh = build_model("resnet18", 7, noise="dynamic", stem="small", in_channels=1)
     fresh.load_state_dict(state["state_dict"])
     assert autorelu_weight(fresh) == pytest.approx(autorelu_weight(dynamic))
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("weights", [(0.5, 0.25, 0.1), (0.5, -0.25, 0.1), (0.9, -0.9, 0.1), (1e-3, 1e-3, 1e-3)])
+def test_fast_paths_give_the_plain_values_bit_for_bit(monkeypatch, training, weights):
+    """fernoise.fastpath's CPU shortcuts (skipped sign and cliff passes, the flag read on the host)
+    against the general path that a GPU or a captured graph takes."""
+    from fernoise import fastpath
+
+    def run() -> list[torch.Tensor]:
+        x = (torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * 3).requires_grad_()
+        unit = AutoReLU(3, grad="exact").train(training)
+        unit.weight.data = torch.tensor(weights)
+        flip = SignFlip().train(training)
+        outputs = []
+        for active in (False, True):
+            flip.active = active
+            y = unit(flip(x))
+            y.backward(torch.ones_like(y))
+            outputs += [y.detach(), x.grad.clone(), unit.weight.grad.clone()]
+            x.grad, unit.weight.grad = None, None
+        return outputs
+
+    fast = run()
+    monkeypatch.setattr(fastpath, "host_readable", lambda t: False)
+    plain = run()
+    for a, b in zip(fast, plain):
+        assert torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b))

@@ -26,7 +26,8 @@ from fernoise.data.synthetic import render_faces
 from fernoise.models import build_model
 from fernoise.noise import AutoReLU
 from fernoise.detect import DetectorError, HaarFaceDetector, YuNetFaceDetector
-from fernoise.predict import Face, Predictor, PredictError, annotate, export_onnx, find_inputs, load_image
+from fernoise.export import ExportError, export_onnx
+from fernoise.predict import Face, Predictor, PredictError, annotate, find_inputs, load_image
 
 CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
 SPEC = {"size": 48, "channels": 1, "mean": [0.5], "std": [0.25]}
@@ -340,7 +341,7 @@ def test_onnx_export_matches_pytorch(tmp_path, noise):
 
 def test_export_explains_missing_packages(tmp_path, checkpoint, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
-    with pytest.raises(PredictError, match=r"fernoise\[onnx\]"):
+    with pytest.raises(ExportError, match=r"fernoise\[onnx\]"):
         export_onnx(checkpoint, tmp_path / "m.onnx")
     monkeypatch.undo()
     pytest.importorskip("onnx")
@@ -351,7 +352,7 @@ def test_export_explains_missing_packages(tmp_path, checkpoint, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     monkeypatch.setattr(torch.onnx, "export", legacy_fails)
-    with pytest.raises(PredictError, match="onnxscript"):
+    with pytest.raises(ExportError, match="onnxscript"):
         export_onnx(checkpoint, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 

@@ -4,8 +4,7 @@ Hong & Jeong, "Dynamic Noise Injection for Facial Expression Recognition In-the-
 """
 from fernoise.models import build_model, inject_noise
 from fernoise.noise import AutoReLU, CliffReLU, NoiseController, PeriodicSchedule, SignFlip, sync_autorelu
-
-__version__ = "0.1.0"
+from fernoise.version import __version__
 
 __all__ = [
     "AutoReLU",

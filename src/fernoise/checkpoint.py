@@ -32,6 +32,7 @@ from torch import nn
 
 from fernoise.io import PathLike, atomic_write
 from fernoise.models import build_model
+from fernoise.version import __version__
 
 FORMAT = "fernoise-checkpoint"
 VERSION = 1
@@ -48,8 +49,6 @@ def save_checkpoint(path: PathLike, checkpoint: dict[str, Any]) -> None:
 
     ``fernoise_version`` records the fernoise that first wrote it (kept when re-saved).
     """
-    from fernoise import __version__
-
     payload = {"format": FORMAT, "version": VERSION, "fernoise_version": __version__, **checkpoint}
     with atomic_write(path, "wb") as handle:
         torch.save(payload, handle)
@@ -134,3 +133,16 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: PathLike = "checkp
     if problem:
         raise CheckpointError(f"{source}: weights do not fit the model it describes: {problem}")
     return model.eval()
+
+
+def parse_input(spec: Any, source: PathLike) -> tuple[int, int, list[float], list[float]]:
+    """``size, channels, mean, std`` from a checkpoint's ``input`` entry, checked."""
+    try:
+        size, channels = int(spec["size"]), int(spec["channels"])
+        mean, std = [float(v) for v in spec["mean"]], [float(v) for v in spec["std"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: malformed input description {spec!r}: {exc}") from None
+    if size < 1 or channels not in (1, 3) or len(mean) not in (1, channels) or len(std) not in (1, channels) \
+            or min(std) <= 0:
+        raise CheckpointError(f"{source}: malformed input description {spec!r}")
+    return size, channels, mean, std

@@ -1,16 +1,17 @@
-"""The ``fernoise`` command: prepare, train, evaluate, reproduce, predict, export."""
+"""The ``fernoise`` command: its arguments and commands (prepare, train, evaluate, reproduce, trace-autorelu, predict, export)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from fernoise import __version__
-from fernoise.config import METHODS, PAPER_METHODS, TrainConfig
+from fernoise.version import __version__
+from fernoise.config import CHOICES, PAPER_METHODS, TrainConfig
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -33,26 +34,26 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
     g.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g})")
     g.add_argument("--weight-decay", type=float, help=f"weight decay (default {d.weight_decay:g})")
-    g.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], help=f"optimizer (default {d.optimizer})")
-    g.add_argument("--scheduler", choices=["none", "cosine"], help="learning-rate schedule (default none)")
+    g.add_argument("--optimizer", choices=CHOICES["optimizer"], help=f"optimizer (default {d.optimizer})")
+    g.add_argument("--scheduler", choices=CHOICES["scheduler"], help="learning-rate schedule (default none)")
     g.add_argument("--interval", type=int, help=f"periodic interval T (default {d.interval})")
-    g.add_argument("--interval-unit", choices=["epoch", "step"], help="what T counts (default epoch, as in the paper)")
-    g.add_argument("--position", choices=["bn1", "bn2", "sum", "all"], help="injection point in each block (default bn1)")
+    g.add_argument("--interval-unit", choices=CHOICES["interval_unit"], help="what T counts (default epoch, as in the paper)")
+    g.add_argument("--position", choices=CHOICES["position"], help="injection point in each block (default bn1)")
     g.add_argument("--dropout", type=float, help=f"dropout probability of the dropout methods (default {d.dropout}, as in Wide ResNets)")
     g.add_argument("--autorelu-init", type=float, help=f"initial AutoReLU weight, in (0, 1) (default {d.autorelu_init})")
     g.add_argument("--autorelu-constant", type=float, help=f"CliffReLU constant (default {d.autorelu_constant:g})")
-    g.add_argument("--autorelu-grad", choices=["autograd", "exact"],
+    g.add_argument("--autorelu-grad", choices=CHOICES["autorelu_grad"],
                    help=f"AutoReLU backward: autograd of the paper's formula, or the exact zero gradient of w "
                         f"(cheaper; w then follows weight decay alone) (default {d.autorelu_grad})")
     g.add_argument("--bn-recalibrate", type=int, metavar="N",
                    help="before each evaluation, re-estimate BatchNorm statistics on N clean training batches "
                         "(default 0: off, as in the paper; the statistics then include noisy steps)")
-    g.add_argument("--nonfinite", choices=["stop", "skip"], help="on a non-finite loss: stop (default) or skip the step")
+    g.add_argument("--nonfinite", choices=CHOICES["nonfinite"], help="on a non-finite loss: stop (default) or skip the step")
     g.add_argument("--model", help="resnet18 (default), resnet34, torchvision:<name> or timm:<name>")
-    g.add_argument("--stem", choices=["imagenet", "small"], help="ResNet stem: imagenet 7x7/2 + max-pool (default) or small 3x3/1")
+    g.add_argument("--stem", choices=CHOICES["stem"], help="ResNet stem: imagenet 7x7/2 + max-pool (default) or small 3x3/1")
     g.add_argument("--image-size", type=int, help=f"face size in pixels (default {d.image_size})")
     g.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: from the data)")
-    g.add_argument("--augment", choices=["none", "paper", "fer"], help="augmentation preset (default paper: flip only)")
+    g.add_argument("--augment", choices=CHOICES["augment"], help="augmentation preset (default paper: flip only)")
     g.add_argument("--train-limit", type=int, help="train on a fixed random subset of this many images")
     g.add_argument("--val-limit", type=int, help="validate on a fixed random subset of this many images")
     g.add_argument("--label-smoothing", type=float, help="label smoothing (default 0)")
@@ -60,9 +61,9 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--class-weighted-loss", action="store_true", default=None, help="inverse-frequency class weights")
     g.add_argument("--format", dest="data_format", help="data layout, when detection is not wanted")
     g.add_argument("--cache-dir", help="where prepared caches live (default $FERNOISE_CACHE or ~/.cache/fernoise)")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default auto)")
+    g.add_argument("--device", choices=CHOICES["device"], help="device (default auto)")
     f = parser.add_argument_group("speed options (same results up to rounding)")
-    f.add_argument("--precision", choices=["fp32", "bf16"], help="autocast precision of the forward pass (default fp32)")
+    f.add_argument("--precision", choices=CHOICES["precision"], help="autocast precision of the forward pass (default fp32)")
     f.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory layout for model and batches")
     f.add_argument("--capture", action="store_true", default=None,
                    help="record the whole train step in a CUDA graph and replay it (CUDA only)")
@@ -83,7 +84,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fernoise {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_prepare, _add_train, _add_evaluate, _add_reproduce, _add_trace_autorelu, _add_predict, _add_export):
+        add(sub)
+    return parser
 
+
+def _add_prepare(sub: Any) -> None:
     p = sub.add_parser("prepare", help="read a data set once into a packed cache", description="Decode a data set where it lies into a packed uint8 cache that training streams.")
     p.add_argument("data", help="data set path (folder tree, CSV, archive) or 'synthetic'")
     p.add_argument("--size", type=int, default=48, help="face size in pixels (default 48)")
@@ -97,19 +103,25 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (reported) instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_train(sub: Any) -> None:
     t = sub.add_parser("train", help="train one method", description="Train ResNet-18 (or another CNN) with one method on one data set.")
     t.add_argument("--data", help="data set path or 'synthetic' (default: the built-in synthetic faces)")
-    t.add_argument("--method", choices=list(METHODS), help="baseline (default), dropout, periodic, dynamic, dropout+periodic, dropout+dynamic")
+    t.add_argument("--method", choices=CHOICES["method"], help="baseline (default), dropout, periodic, dynamic, dropout+periodic, dropout+dynamic")
     t.add_argument("--out", help="run directory (default runs/<method>-seed<seed>)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--resume", metavar="DIR", help="continue the run in DIR where it stopped")
     t.add_argument("--quiet", action="store_true", help="no progress bars (for logs)")
     _train_options(t)
 
+
+def _add_evaluate(sub: Any) -> None:
+    from fernoise.evaluate import SPLITS
+
     e = sub.add_parser("evaluate", help="score a checkpoint on a data set", description="Macro-F1, accuracy, per-class scores and confusion matrix of a checkpoint; for a directory of runs, one table of every run's best.pt.")
     e.add_argument("checkpoint", help="a fernoise checkpoint (.pt), or a directory of run folders: each run's best.pt is scored")
     e.add_argument("--data", default="synthetic", help="data set path or 'synthetic' (default)")
-    e.add_argument("--split", choices=["train", "val", "test", "all"],
+    e.add_argument("--split", choices=[*SPLITS, "all"],
                    help="split to score, or all (default: its own val split, else its own test split, else every image)")
     e.add_argument("--json", help="write all scores to this JSON file")
     e.add_argument("--csv", help="write the table (run, method, seed, macro-F1, accuracy, ...) to this CSV file")
@@ -117,16 +129,18 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", dest="data_format", help="data layout, when detection is not wanted")
     e.add_argument("--cache-dir", help="where prepared caches live")
     e.add_argument("--tta-flip", action="store_true", help="average predictions with the mirrored face")
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--device", default="auto", choices=CHOICES["device"])
     e.add_argument("--quiet", action="store_true")
 
+
+def _add_reproduce(sub: Any) -> None:
     r = sub.add_parser(
         "reproduce", help="the paper's comparison, all methods x seeds, with Table 1 and figures",
         description="Run baseline, +dropout, +periodic, +dynamic and dropout+periodic for several seeds and write "
         "table1.md/csv, the paper's figures and report.md. With no arguments: a quick run on the synthetic faces.",
     )
     r.add_argument("--data", default="synthetic", help="data set path or 'synthetic' (default)")
-    r.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(PAPER_METHODS), help="methods to run")
+    r.add_argument("--methods", nargs="+", choices=CHOICES["method"], default=list(PAPER_METHODS), help="methods to run")
     r.add_argument("--seeds", type=int, help="number of seeds (default 2 in quick mode, else 3)")
     r.add_argument("--out", help="output directory (default runs/reproduce-<data name>)")
     r.add_argument("--jobs", type=int, default=1,
@@ -134,6 +148,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true")
     _train_options(r)
 
+
+def _add_trace_autorelu(sub: Any) -> None:
     a = sub.add_parser(
         "trace-autorelu", help="train with dynamic noise and trace AutoReLU's weights step by step",
         description="Train one dynamic-injection run (as `train --method dynamic`) and write, per training step, the "
@@ -147,10 +163,52 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", action="store_true", help="no progress bars (for logs)")
     _train_options(a)
 
-    from fernoise.predict import add_predict_commands
 
-    add_predict_commands(sub)
-    return parser
+def _add_predict(sub: Any) -> None:
+    from fernoise.detect import DETECTORS
+    from fernoise.predict import DEFAULT_BATCH, DEFAULT_DETECTOR, OLD_DETECTOR_NAMES
+
+    p = sub.add_parser(
+        "predict", help="expressions of the faces in photos, folders and videos",
+        description="Find faces (YuNet, or the Haar cascade), classify their expression with a checkpoint and print "
+        "a table. Exit code 2 when any input failed; the others are still processed.",
+    )
+    p.add_argument("checkpoint", help="a fernoise checkpoint (.pt)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files (JPEG, PNG, WebP, BMP, TIFF), folders (searched recursively) or video files")
+    p.add_argument("--json", metavar="FILE", help="also write all results as JSON")
+    p.add_argument("--annotate", metavar="DIR", help="write copies with boxes and labels drawn into DIR")
+    p.add_argument("--every", type=_positive_int, default=1, metavar="K", help="videos: every K-th frame (default 1)")
+    p.add_argument("--detector", choices=[*DETECTORS, "none", *OLD_DETECTOR_NAMES], default=DEFAULT_DETECTOR,
+                   help="face detector: yunet (default; finds tilted, partly covered and small faces), haar "
+                   "(OpenCV's frontal-face cascade; 'opencv' is its old name), or none: each input is one "
+                   "pre-cropped face")
+    p.add_argument("--margin", type=float, default=None, metavar="F",
+                   help="crop each face box grown by F of its size on each side, upright, instead of the default "
+                   "FER2013 framing (see docs/PREDICT.md)")
+    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH,
+                   help=f"faces classified at once (default {DEFAULT_BATCH})")
+    p.add_argument("--device", default="auto", choices=CHOICES["device"], help="device (default auto)")
+    p.add_argument("--engine", default="torch", choices=["torch", "onnx"],
+                   help="run the network in PyTorch (default) or in ONNX Runtime on the CPU (faster; needs fernoise[onnx])")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_export(sub: Any) -> None:
+    from fernoise.export import DEFAULT_OPSET
+
+    e = sub.add_parser(
+        "export", help="write a checkpoint for sharing (--pt, --half) or the model as ONNX",
+        description="--pt: a checkpoint with only what inference needs (weights, classes, preprocessing, noise "
+        "settings, provenance), float16 weights with --half (they load back as float32). --onnx: the model (eval "
+        "form, no noise) as ONNX: input 'faces' float32 (N, C, size, size) normalised as in training, output "
+        "'logits'; class names and input description in metadata_props.",
+    )
+    e.add_argument("checkpoint", help="a fernoise checkpoint (.pt)")
+    e.add_argument("--pt", metavar="FILE", help="checkpoint file to write, without optimizer or other resume state")
+    e.add_argument("--half", action="store_true", help="with --pt: store the weights as float16 (half the size)")
+    e.add_argument("--onnx", metavar="FILE", help="ONNX file to write")
+    e.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
 
 
 def _data_name(data: Optional[str]) -> str:
@@ -239,9 +297,73 @@ def _cmd_trace_autorelu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from fernoise.distributed import resolve_device
+    from fernoise.io import write_text_atomic
+    from fernoise.predict import AnnotatedCopies, Prediction, Predictor, format_predictions
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=resolve_device(args.device), detector=args.detector,
+                                          margin=args.margin, batch_size=args.batch_size, engine=args.engine)
+    copies = AnnotatedCopies(args.annotate, args.inputs, args.every) if args.annotate else None
+    records: list[Prediction] = []
+    try:
+        for record in predictor.predict_paths(args.inputs, every=args.every, progress=not args.quiet,
+                                              keep_images=copies is not None):
+            if copies is not None:
+                copies.write(record)
+                record.image = None
+            records.append(record)
+    finally:
+        if copies is not None:
+            copies.close()
+    failed = [r for r in records if r.error is not None]
+    print(format_predictions(records))
+    for record in failed:
+        print(f"fernoise: error: {record.error}", file=sys.stderr)
+    if args.json:
+        report = {"checkpoint": str(args.checkpoint), "classes": predictor.classes,
+                  "results": [r.to_dict() for r in records]}
+        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+    done = [r for r in records if r.error is None]
+    frames = sum(r.frame is not None for r in done)
+    summary = f"{_count(sum(len(r.faces) for r in done), 'face')} in {_count(len(done) - frames, 'image')}"
+    print(summary + (f" and {_count(frames, 'video frame')}" if frames else "") + (f"; {len(failed)} failed" if failed else ""))
+    return EXIT_ERROR if failed else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fernoise.export import ExportError, export_checkpoint, export_onnx
+
+    if not (args.onnx or args.pt):
+        raise ExportError("export: say what to write: --pt FILE (a checkpoint for inference) and/or --onnx FILE")
+    if args.half and not args.pt:
+        raise ExportError("export: --half applies to --pt (an ONNX export is float32)")
+    if args.pt:
+        sizes = export_checkpoint(args.checkpoint, args.pt, half=args.half)
+        print(f"wrote {args.pt}: {'float16' if args.half else 'float32'} weights, no optimizer state, "
+              f"{sizes[1] / 2**20:.1f} MiB (from {sizes[0] / 2**20:.1f} MiB)")
+    if args.onnx:
+        metadata = export_onnx(args.checkpoint, args.onnx, opset=args.opset)
+        spec = json.loads(metadata["fernoise.input"])
+        print(f"wrote {args.onnx}: input 'faces' float32 (N, {spec['channels']}, {spec['size']}, {spec['size']}), "
+              f"output 'logits' (N, {len(json.loads(metadata['fernoise.classes']))}), opset {args.opset}")
+    return 0
+
+
 COMMANDS = {
     "prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate, "reproduce": _cmd_reproduce,
-    "trace-autorelu": _cmd_trace_autorelu,
+    "trace-autorelu": _cmd_trace_autorelu, "predict": _cmd_predict, "export": _cmd_export,
 }
 
 
@@ -253,8 +375,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from fernoise.errors import USER_ERRORS
 
     try:
-        handler = COMMANDS.get(args.command) or args.handler
-        return handler(args)
+        return COMMANDS[args.command](args)
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
         hint = ""

@@ -14,8 +14,10 @@ from typing import Any, Optional
 
 import yaml
 
+from fernoise.data.augment import PRESETS as AUGMENT_PRESETS
 from fernoise.io import PathLike
-from fernoise.noise import AUTORELU_GRADS
+from fernoise.models import POSITIONS, STEMS, check_noise
+from fernoise.noise import AUTORELU_GRADS, SCHEDULE_UNITS, SYNC_SCOPES
 
 # method -> (noise kind, uses dropout); the paper's variants and the obvious sixth.
 METHODS: dict[str, tuple[str, bool]] = {
@@ -27,6 +29,22 @@ METHODS: dict[str, tuple[str, bool]] = {
     "dropout+dynamic": ("dynamic", True),
 }
 PAPER_METHODS = ("baseline", "dropout", "periodic", "dynamic", "dropout+periodic")
+
+# The allowed values of every key that takes a name; the command line offers the same.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": tuple(METHODS),
+    "stem": STEMS,
+    "position": POSITIONS,
+    "interval_unit": SCHEDULE_UNITS,
+    "autorelu_sync": SYNC_SCOPES,
+    "autorelu_grad": AUTORELU_GRADS,
+    "optimizer": ("adam", "adamw", "sgd"),
+    "scheduler": ("none", "cosine"),
+    "nonfinite": ("stop", "skip"),
+    "device": ("auto", "cpu", "cuda"),
+    "augment": AUGMENT_PRESETS,
+    "precision": ("fp32", "bf16"),
+}
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -74,6 +92,7 @@ class TrainConfig:
     autorelu_constant: float = 6.0
     autorelu_sync: str = "global"
     autorelu_grad: str = "autograd"
+    autorelu_per_channel: bool = True
     # optimisation (the paper: Adam, lr 1e-4, weight decay 1e-4, batch 64)
     epochs: int = 20
     batch_size: int = 64
@@ -99,21 +118,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        choices = {
-            "method": tuple(METHODS),
-            "stem": ("imagenet", "small"),
-            "position": ("bn1", "bn2", "sum", "all"),
-            "interval_unit": ("epoch", "step"),
-            "autorelu_sync": ("global", "layer"),
-            "autorelu_grad": AUTORELU_GRADS,
-            "optimizer": ("adam", "adamw", "sgd"),
-            "scheduler": ("none", "cosine"),
-            "nonfinite": ("stop", "skip"),
-            "device": ("auto", "cpu", "cuda"),
-            "augment": ("none", "paper", "fer"),
-            "precision": ("fp32", "bf16"),
-        }
-        for key, allowed in choices.items():
+        for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
         positive = ("image_size", "interval", "epochs", "batch_size", "eval_batch_size")
@@ -135,8 +140,10 @@ class TrainConfig:
                               "use nonfinite: stop or capture: false")
         if self.capture and self.device == "cpu":
             raise ConfigError("capture: CUDA graphs need a CUDA device; set capture: false for device: cpu")
-        if self.noise == "dynamic" and self.position == "bn2":
-            raise ConfigError("position: dynamic injection replaces a ReLU and none follows bn2; use bn1, sum or all")
+        try:
+            check_noise(self.noise, self.position)
+        except ValueError as exc:
+            raise ConfigError(f"position: {exc}") from None
         undriven = self.dynamic_without_drive()
         if undriven and self.autorelu_grad == "exact":
             raise ConfigError(
@@ -171,17 +178,35 @@ class TrainConfig:
             keys += ["interval", "interval_unit"]
         if self.noise == "none":
             keys.append("position")
-        if not METHODS[self.method][1]:
+        if not self.uses_dropout:
             keys.append("dropout")
         return tuple(keys)
 
     @property
     def noise(self) -> str:
+        """The method's noise: none, periodic or dynamic."""
         return METHODS[self.method][0]
 
     @property
-    def dropout_p(self) -> float:
-        return self.dropout if METHODS[self.method][1] else 0.0
+    def uses_dropout(self) -> bool:
+        """Whether the method has dropout (with probability ``dropout``; without, the model gets none)."""
+        return METHODS[self.method][1]
+
+    def model_kwargs(self, num_classes: int, in_channels: int) -> dict[str, Any]:
+        """The :func:`fernoise.models.build_model` keywords of this run, as its checkpoints store them."""
+        return {
+            "name": self.model,
+            "num_classes": num_classes,
+            "noise": self.noise,
+            "position": self.position,
+            "dropout": self.dropout if self.uses_dropout else 0.0,
+            "in_channels": in_channels,
+            "stem": self.stem,
+            "autorelu_init": self.autorelu_init,
+            "autorelu_constant": self.autorelu_constant,
+            "autorelu_grad": self.autorelu_grad,
+            "autorelu_per_channel": self.autorelu_per_channel,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

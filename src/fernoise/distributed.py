@@ -61,7 +61,7 @@ class Distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         if device.type == "cuda":
-            from fernoise.models import convert_sync_batchnorm
+            from fernoise.inject import convert_sync_batchnorm
 
             model = convert_sync_batchnorm(model)
             return DistributedDataParallel(model, device_ids=[device.index])

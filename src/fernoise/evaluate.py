@@ -24,6 +24,7 @@ from torch import nn
 
 from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from fernoise.data import Augmenter, PackedData, iterate_batches, load_data
+from fernoise.data.packed import SPLITS
 from fernoise.distributed import resolve_device
 from fernoise.io import PathLike, write_text_atomic
 from fernoise.metrics import classification_scores
@@ -81,9 +82,6 @@ def evaluate_arrays(
 
 
 # --------------------------------------------------------------------------- which images
-
-
-SPLITS = ("train", "val", "test")
 
 
 def own_splits(packed: PackedData) -> list[str]:
@@ -325,7 +323,7 @@ def _by_method(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
 
 def runs_markdown(result: dict[str, Any]) -> str:
     """The per-run table and, per method, mean ± sample std over its runs."""
-    from fernoise.reports import _cell, _mean_std
+    from fernoise.reports import mean_std_cell
 
     lines = [f"Scored on {result['selection']}", "",
              "| run | method | seed | epoch | macro-F1 | accuracy | n | left out |", "|---|---|---|---|---|---|---|---|"]
@@ -334,8 +332,8 @@ def runs_markdown(result: dict[str, Any]) -> str:
                      f"{row['accuracy']:.4f} | {row['n']} | {row['excluded']} |")
     lines += ["", "| method | macro-F1 | accuracy |", "|---|---|---|"]
     for method, group in _by_method(result["runs"]).items():
-        f1 = _cell(*_mean_std([r["macro_f1"] for r in group]), len(group), ".4f")
-        acc = _cell(*_mean_std([r["accuracy"] for r in group]), len(group), ".4f")
+        f1 = mean_std_cell([r["macro_f1"] for r in group], ".4f")
+        acc = mean_std_cell([r["accuracy"] for r in group], ".4f")
         lines.append(f"| {method} | {f1} | {acc} |")
     lines.append("\nPer method: mean ± sample std (ddof=1) over its runs, n = number of runs.")
     for entry in result["skipped"]:

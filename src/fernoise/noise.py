@@ -1,159 +1,78 @@
-"""Feature-level noise injection: periodic sign flips and AutoReLU.
+"""Feature-level noise injection: the sign flip, CliffReLU, AutoReLU and Algorithm 1.
 
-Hong & Jeong, "Dynamic Noise Injection for Facial Expression Recognition
-In-the-Wild", CVPR 2023 workshops (ABAW), section 3.
+Hong & Jeong, "Dynamic Noise Injection for Facial Expression Recognition In-the-Wild",
+CVPR 2023 workshops (ABAW), section 3.
 
 Both methods inject the same noise, a sign flip of the feature map that leaves a
 BatchNorm layer, ``x -> -x``, so that the ReLU after it passes the half of the
 distribution it normally blocks. They differ in *when* the noise is on:
 
-* **periodic** (section 3.1, Algorithm 1): a schedule with interval ``T``
-  toggles a flag; while the flag is set, every :class:`SignFlip` negates its
-  input in training mode.
+* **periodic** (section 3.1, Algorithm 1): :class:`PeriodicSchedule` toggles a flag
+  every ``T`` epochs; while it is set, every :class:`SignFlip` negates its input.
 * **dynamic** (section 3.2): the ReLU of the unit becomes an :class:`AutoReLU`,
   ``y = CliffReLU(x * w) / |w|``. For ``w > 0`` this is a ReLU (with a far-away
   cliff); for ``w < 0`` it is the ReLU of ``-x``: the sign-flip noise. Before every
-  training forward step all AutoReLU weights are reset to their common mean
+  training step all AutoReLU weights are reset to their common mean
   (:func:`sync_autorelu`), so the whole network is either clean or noisy; the
   optimizer's updates of the weights decide when the sign of that mean changes.
-  ``grad="autograd"`` (the paper's formula, differentiated by autograd) gives each
-  weight a different, data-dependent update from float rounding, so the reset
-  matters; ``grad="exact"`` returns the analytic zero gradient, and ``w`` then
-  follows weight decay and Adam alone (see :class:`AutoReLU`).
 
-Evaluation never sees noise: :class:`SignFlip` is the identity and
-:class:`AutoReLU` uses ``|w|`` outside training mode.
+Evaluation never sees noise: :class:`SignFlip` is the identity and :class:`AutoReLU`
+uses ``|w|`` outside training mode. :class:`NoiseController` drives both from a
+training loop. What exists only for speed (the flag as a device tensor for captured
+graphs, shortcuts that look at the data on the CPU) is decided in :mod:`fernoise.fastpath`.
+
+Layout, as timm's ``layers/drop.py``: functional forms, then modules, then the schedule
+and the controller that drive them.
 """
 from __future__ import annotations
 
-from typing import Iterable, Literal, Optional
+from dataclasses import dataclass
+from typing import Iterable, Literal, Optional, get_args
 
 import torch
 from torch import nn
 
+from fernoise import fastpath
+
 __all__ = [
-    "PeriodicSchedule",
+    "sign_flip",
+    "cliff_relu",
+    "auto_relu",
     "SignFlip",
     "CliffReLU",
     "AutoReLU",
-    "NoiseController",
-    "AutoReLUTrace",
-    "cliff_relu",
-    "auto_relu",
+    "AutoReLUOptions",
+    "PeriodicSchedule",
     "sync_autorelu",
     "autorelu_weight",
     "set_sign_flip",
+    "AutoReLUTrace",
+    "NoiseController",
 ]
 
 ScheduleUnit = Literal["epoch", "step"]
 SyncScope = Literal["global", "layer"]
 AutoReLUGrad = Literal["autograd", "exact"]
 
+SCHEDULE_UNITS: tuple[str, ...] = get_args(ScheduleUnit)
+SYNC_SCOPES: tuple[str, ...] = get_args(SyncScope)
+AUTORELU_GRADS: tuple[str, ...] = get_args(AutoReLUGrad)
 DEFAULT_CLIFF = 6.0
 DEFAULT_AUTORELU_INIT = 0.01
 DEFAULT_AUTORELU_GRAD: AutoReLUGrad = "autograd"
-AUTORELU_GRADS = ("autograd", "exact")
 AUTORELU_EPS = 1e-6
 
 
-# --------------------------------------------------------------------------- periodic
+# --------------------------------------------------------------------------- functional forms
 
 
-class PeriodicSchedule:
-    """Algorithm 1 of the paper: when the periodic sign flip is on.
+def sign_flip(x: torch.Tensor, sign: torch.Tensor | float, training: bool = True) -> torch.Tensor:
+    """The periodic noise (section 3.1): ``sign * x`` in training, ``x`` outside it.
 
-    State: ``step = 0``, ``flag = False``, interval ``T``. Each :meth:`advance`
-    does ``step += 1``; the noise of that step is ``flag``; then, if
-    ``step % T == T - 1``, the flag toggles. With ``T = 3`` the first eleven
-    advances give off off on on on off off off on on on.
-
-    The paper advances once per epoch (``unit="epoch"``); ``unit="step"``
-    advances once per optimizer step instead.
+    ``sign`` is ``-1`` while Algorithm 1's flag is set and ``+1`` otherwise (a number, or
+    the 0-d tensor that :class:`SignFlip` keeps on the model's device).
     """
-
-    def __init__(self, interval: int, unit: ScheduleUnit = "epoch") -> None:
-        if int(interval) < 1:
-            raise ValueError(f"periodic interval T must be a positive integer, got {interval!r}")
-        if unit not in ("epoch", "step"):
-            raise ValueError(f"schedule unit must be 'epoch' or 'step', got {unit!r}")
-        self.interval = int(interval)
-        self.unit: ScheduleUnit = unit
-        self.step = 0
-        self.flag = False
-
-    def advance(self) -> bool:
-        """Move one tick forward and return whether that tick injects noise."""
-        self.step += 1
-        noise = self.flag
-        if self.step % self.interval == self.interval - 1:
-            self.flag = not self.flag
-        return noise
-
-    def state_dict(self) -> dict:
-        return {"interval": self.interval, "unit": self.unit, "step": self.step, "flag": self.flag}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.interval = int(state["interval"])
-        self.unit = state["unit"]
-        self.step = int(state["step"])
-        self.flag = bool(state["flag"])
-
-    def __repr__(self) -> str:
-        return f"PeriodicSchedule(interval={self.interval}, unit={self.unit!r}, step={self.step}, flag={self.flag})"
-
-
-def sign_flip(x: torch.Tensor, active: bool, training: bool = True) -> torch.Tensor:
-    """The periodic noise: ``-x`` while active in training, else ``x``."""
-    return -x if (active and training) else x
-
-
-def _in_captured_region(x: torch.Tensor) -> bool:
-    """True while torch.compile traces or a CUDA graph records: Python branches would be frozen."""
-    return torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing())
-
-
-class SignFlip(nn.Module):
-    """Injection point of the periodic method, placed right after a BatchNorm.
-
-    ``active`` is set by :class:`NoiseController` (or :func:`set_sign_flip`). Eagerly
-    the flag is a Python branch (free when off); inside a CUDA graph or a compiled
-    graph the module multiplies by ``sign``, a device tensor (+1 or -1) that setting
-    ``active`` refills, so the recorded graph follows the schedule without being
-    recorded again. ``sign`` is not persistent: the module leaves a model's
-    ``state_dict`` unchanged.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("sign", torch.ones(()), persistent=False)
-        self._active = False
-
-    @property
-    def active(self) -> bool:
-        return self._active
-
-    @active.setter
-    def active(self, on: bool) -> None:
-        self._active = bool(on)
-        self.sign.fill_(-1.0 if on else 1.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and _in_captured_region(x):
-            return x * self.sign
-        return sign_flip(x, self._active, self.training)
-
-    def extra_repr(self) -> str:
-        return f"active={self._active}"
-
-
-def set_sign_flip(model: nn.Module, active: bool) -> None:
-    """Switch every :class:`SignFlip` in ``model`` on or off."""
-    for module in model.modules():
-        if isinstance(module, SignFlip):
-            module.active = bool(active)
-
-
-# --------------------------------------------------------------------------- dynamic
+    return fastpath.apply_sign(x, sign) if training else x
 
 
 def cliff_relu(x: torch.Tensor, constant: float = DEFAULT_CLIFF) -> torch.Tensor:
@@ -162,65 +81,6 @@ def cliff_relu(x: torch.Tensor, constant: float = DEFAULT_CLIFF) -> torch.Tensor
     Above the cliff the output drops to zero (unlike ReLU6, which saturates).
     """
     return x * ((x > 0) & (x < constant)).to(x.dtype)
-
-
-class _AutoReLUFunction(torch.autograd.Function):
-    """``CliffReLU(x * w) / |w|`` with its analytic gradients.
-
-    Inside the linear region ``y = x * w / |w| = x * sign(w)``, so ``dy/dx = sign(w)``
-    and ``dy/dw = 0``; outside it ``y = 0``. Autograd of the composite formula would
-    compute ``dL/dw`` as two per-channel sums that cancel (costing ~9% of a ResNet-18
-    training step on a CPU) and leave only float rounding, which differs between
-    fp32 and bf16, CPU and GPU; here ``dL/dw`` is exactly zero. It is returned as a
-    zero tensor, not ``None``, so that the optimizer still applies weight decay to ``w``.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, constant: float, training: bool,
-                eps: float) -> torch.Tensor:
-        w = weight.detach()
-        if w.dim() == 1 and x.dim() > 1:
-            w = w.view(1, -1, *([1] * (x.dim() - 2)))
-        # Sign and cliff come from w in its own precision (a tiny w must keep its sign
-        # under fp16); the guard keeps |w| >= eps, and w == 0 counts as positive.
-        limit = (constant / w.abs().clamp(min=eps)).to(x.dtype)
-        # Skipping a pass needs a look at the data: free on the CPU, a device sync (or
-        # impossible, inside a CUDA graph) elsewhere. Passes skipped: the sign, while no
-        # w is negative, and the cliff, while every value lies clearly below it.
-        on_cpu = x.device.type == "cpu"
-        flips = training and (not on_cpu or bool((w < 0).any()))
-        sign = torch.ones_like(w).masked_fill_(w < 0, -1.0).to(x.dtype) if flips else None
-        # x * w / |w| is x * sign(w), computed without the two roundings; the cliff
-        # x * w >= constant is x * sign(w) >= constant / |w|.
-        y = x * sign if flips else x
-        below_cliff = on_cpu and y.numel() > 0 and bool(y.max() < limit.min())  # False for NaN
-        # NaN passes through, as through ReLU, so that a diverging run is noticed.
-        y = y.relu() if below_cliff else torch.where(y >= limit, 0, y).relu_()
-        # A mask, not y itself: a network's own in-place ReLU may follow (torchvision
-        # blocks do, after inject_noise) and would invalidate a saved output.
-        ctx.save_for_backward(y > 0, sign)
-        ctx.weight_shape = weight.shape
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        passed, sign = ctx.saved_tensors
-        grad_x = grad * (passed if sign is None else passed * sign)
-        return grad_x, grad.new_zeros(ctx.weight_shape), None, None, None
-
-
-def _guarded(w: torch.Tensor, eps: float) -> torch.Tensor:
-    """``w`` with ``|w|`` at least ``eps`` and its sign kept (zero counts as positive)."""
-    return torch.where(w.abs() < eps, torch.where(w < 0, -eps, eps).to(w.dtype), w)
-
-
-def _auto_relu_autograd(x: torch.Tensor, w: torch.Tensor, constant: float, training: bool,
-                        eps: float) -> torch.Tensor:
-    """The composite formula, its gradients left to autograd (rounding residue in ``dL/dw`` included)."""
-    if w.dim() == 1 and x.dim() > 1:
-        w = w.view(1, -1, *([1] * (x.dim() - 2)))
-    w = _guarded(w if training else w.abs(), eps)
-    return cliff_relu(x * w, constant) / w.abs()
 
 
 def auto_relu(
@@ -236,7 +96,8 @@ def auto_relu(
     ``w`` broadcasts over ``x`` (a scalar or one value per channel of dimension 1).
     In training mode a negative ``w`` gives ``ReLU(-x)`` up to the cliff at
     ``constant / |w|``: the sign-flip noise. Outside training the noise is removed
-    by using ``|w|``: ``CliffReLU(x * |w|) / |w|``.
+    by using ``|w|``: ``CliffReLU(x * |w|) / |w|``. ``|w|`` below ``eps`` is replaced by
+    ``eps`` with ``w``'s sign (zero counts as positive), so no inf or NaN can arise.
 
     ``grad`` chooses how the backward pass is computed; the forward values agree up
     to one rounding and the gradient of ``x`` is ``sign(w)`` (1 outside training)
@@ -255,10 +116,98 @@ def auto_relu(
       only), so the mean reset changes nothing.
     """
     if grad == "exact":
-        return _AutoReLUFunction.apply(x, w, float(constant), bool(training), float(eps))
+        return _ExactAutoReLU.apply(x, w, float(constant), bool(training), float(eps))
     if grad == "autograd":
         return _auto_relu_autograd(x, w, float(constant), bool(training), float(eps))
     raise ValueError(f"AutoReLU grad must be one of {AUTORELU_GRADS}, got {grad!r}")
+
+
+def _per_channel(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-channel ``w`` shaped to broadcast over dimension 1 of ``x``; a scalar ``w`` as it is."""
+    return w.view(1, -1, *([1] * (x.dim() - 2))) if w.dim() == 1 and x.dim() > 1 else w
+
+
+def _guarded(w: torch.Tensor, eps: float) -> torch.Tensor:
+    """``w`` with ``|w|`` at least ``eps`` and its sign kept (zero counts as positive)."""
+    return torch.where(w.abs() < eps, torch.where(w < 0, -eps, eps).to(w.dtype), w)
+
+
+def _auto_relu_autograd(x: torch.Tensor, w: torch.Tensor, constant: float, training: bool,
+                        eps: float) -> torch.Tensor:
+    """The composite formula, its gradients left to autograd (rounding residue in ``dL/dw`` included)."""
+    w = _per_channel(w, x)
+    w = _guarded(w if training else w.abs(), eps)
+    return cliff_relu(x * w, constant) / w.abs()
+
+
+class _ExactAutoReLU(torch.autograd.Function):
+    """``CliffReLU(x * w) / |w|`` with its analytic gradients.
+
+    Inside the linear region ``y = x * w / |w| = x * sign(w)``, so ``dy/dx = sign(w)``
+    and ``dy/dw = 0``; outside it ``y = 0``. The forward computes ``x * sign(w)`` and
+    cuts it at ``constant / |w|`` (the cliff ``x * w >= constant``), without the two
+    roundings of the formula. ``dL/dw`` is returned as a zero tensor, not ``None``,
+    so that the optimizer still applies weight decay to ``w``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, constant: float, training: bool,
+                eps: float) -> torch.Tensor:
+        w = _per_channel(weight.detach(), x)
+        # Sign and cliff come from w in its own precision (a tiny w must keep its sign
+        # under fp16); the guard keeps |w| >= eps, and w == 0 counts as positive.
+        limit = (constant / w.abs().clamp(min=eps)).to(x.dtype)
+        # The sign pass is skipped (sign None) outside training and, where that is free to
+        # see, while no weight is negative; the cliff pass while every value lies below it.
+        flips = training and fastpath.may_be_negative(w)
+        sign = torch.ones_like(w).masked_fill_(w < 0, -1.0).to(x.dtype) if flips else None
+        y = x if sign is None else x * sign
+        # NaN passes through, as through ReLU, so that a diverging run is noticed.
+        y = y.relu() if fastpath.all_below(y, limit) else torch.where(y >= limit, 0, y).relu_()
+        # A mask, not y itself: a network's own in-place ReLU may follow (torchvision
+        # blocks do, after inject_noise) and would invalidate a saved output.
+        ctx.save_for_backward(y > 0, sign)
+        ctx.weight_shape = weight.shape
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        passed, sign = ctx.saved_tensors
+        grad_x = grad * (passed if sign is None else passed * sign)
+        return grad_x, grad.new_zeros(ctx.weight_shape), None, None, None
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class SignFlip(nn.Module):
+    """Injection point of the periodic method, placed right after a BatchNorm: :func:`sign_flip`.
+
+    Its flag is one 0-d tensor, ``sign`` (+1 off, -1 on), on the model's device, set by
+    :class:`NoiseController` (or :func:`set_sign_flip`, or ``active = ...``). A step
+    recorded in a CUDA graph or compiled by ``torch.compile`` thus follows the schedule
+    without being recorded again (:mod:`fernoise.fastpath`). ``sign`` is not persistent:
+    the module leaves a model's ``state_dict`` unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("sign", torch.ones(()), persistent=False)
+
+    @property
+    def active(self) -> bool:
+        """Whether the flip is on (reads the device flag: a sync on a GPU; for inspection)."""
+        return bool(self.sign < 0)
+
+    @active.setter
+    def active(self, on: bool) -> None:
+        self.sign.fill_(-1.0 if on else 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sign_flip(x, self.sign, self.training)
+
+    def extra_repr(self) -> str:
+        return f"active={self.active}"
 
 
 class CliffReLU(nn.Module):
@@ -276,7 +225,7 @@ class CliffReLU(nn.Module):
 
 
 class AutoReLU(nn.Module):
-    """ReLU replacement of the dynamic method: ``y = CliffReLU(x * w) / |w|``.
+    """ReLU replacement of the dynamic method: ``y = CliffReLU(x * w) / |w|`` (:func:`auto_relu`).
 
     Args:
         num_channels: size of ``w`` when ``per_channel`` (one weight per channel,
@@ -348,17 +297,88 @@ class AutoReLU(nn.Module):
                 f"grad={self.grad!r}")
 
 
+@dataclass(frozen=True)
+class AutoReLUOptions:
+    """How every :class:`AutoReLU` of a model is built; each field as the module's argument of that name."""
+
+    init: float = DEFAULT_AUTORELU_INIT
+    constant: float = DEFAULT_CLIFF
+    per_channel: bool = True
+    grad: AutoReLUGrad = DEFAULT_AUTORELU_GRAD
+
+    def make(self, num_channels: int) -> AutoReLU:
+        """An AutoReLU for ``num_channels`` channels (checks the options)."""
+        return AutoReLU(num_channels, init=self.init, constant=self.constant, per_channel=self.per_channel,
+                        grad=self.grad)
+
+
+def set_sign_flip(model: nn.Module, active: bool) -> None:
+    """Switch every :class:`SignFlip` in ``model`` on or off."""
+    for module in model.modules():
+        if isinstance(module, SignFlip):
+            module.active = bool(active)
+
+
+# --------------------------------------------------------------------------- Algorithm 1
+
+
+class PeriodicSchedule:
+    """Algorithm 1 of the paper: when the periodic sign flip is on.
+
+    State: ``step = 0``, ``flag = False``, interval ``T``. Each :meth:`advance`
+    does ``step += 1``; the noise of that step is ``flag``; then, if
+    ``step % T == T - 1``, the flag toggles. With ``T = 3`` the first eleven
+    advances give off off on on on off off off on on on.
+
+    The paper advances once per epoch (``unit="epoch"``); ``unit="step"``
+    advances once per optimizer step instead.
+    """
+
+    def __init__(self, interval: int, unit: ScheduleUnit = "epoch") -> None:
+        if int(interval) < 1:
+            raise ValueError(f"periodic interval T must be a positive integer, got {interval!r}")
+        if unit not in SCHEDULE_UNITS:
+            raise ValueError(f"schedule unit must be 'epoch' or 'step', got {unit!r}")
+        self.interval = int(interval)
+        self.unit: ScheduleUnit = unit
+        self.step = 0
+        self.flag = False
+
+    def advance(self) -> bool:
+        """Move one tick forward and return whether that tick injects noise."""
+        self.step += 1
+        noise = self.flag
+        if self.step % self.interval == self.interval - 1:
+            self.flag = not self.flag
+        return noise
+
+    def state_dict(self) -> dict:
+        return {"interval": self.interval, "unit": self.unit, "step": self.step, "flag": self.flag}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.interval = int(state["interval"])
+        self.unit = state["unit"]
+        self.step = int(state["step"])
+        self.flag = bool(state["flag"])
+
+    def __repr__(self) -> str:
+        return f"PeriodicSchedule(interval={self.interval}, unit={self.unit!r}, step={self.step}, flag={self.flag})"
+
+
+# --------------------------------------------------------------------------- dynamic: the mean reset
+
+
 def _autorelus(model: nn.Module) -> list[AutoReLU]:
     return [m for m in model.modules() if isinstance(m, AutoReLU)]
 
 
-def _mean_weight(units: list[AutoReLU]) -> torch.Tensor:
-    return torch.cat([u.weight.detach().reshape(-1) for u in units]).mean()
+def _all_weights(units: list[AutoReLU]) -> torch.Tensor:
+    return torch.cat([u.weight.detach().reshape(-1) for u in units])
 
 
 @torch.no_grad()
 def sync_autorelu(model_or_units: nn.Module | Iterable[AutoReLU], scope: SyncScope = "global") -> Optional[torch.Tensor]:
-    """Reset AutoReLU weights to their mean, without tracking gradients.
+    """Reset AutoReLU weights to their mean, without tracking gradients (section 3.2, step 2).
 
     ``scope="global"`` (the paper): every weight of every AutoReLU becomes the mean
     of all of them. ``scope="layer"``: each AutoReLU's weights become that layer's
@@ -367,7 +387,7 @@ def sync_autorelu(model_or_units: nn.Module | Iterable[AutoReLU], scope: SyncSco
     units = _autorelus(model_or_units) if isinstance(model_or_units, nn.Module) else list(model_or_units)
     if not units:
         return None
-    mean = _mean_weight(units)
+    mean = _all_weights(units).mean()
     for unit in units:
         unit.weight.fill_(mean if scope == "global" else unit.weight.mean())
     return mean
@@ -376,10 +396,10 @@ def sync_autorelu(model_or_units: nn.Module | Iterable[AutoReLU], scope: SyncSco
 def autorelu_weight(model: nn.Module) -> Optional[float]:
     """The mean AutoReLU weight of ``model`` (its common weight once synced), or None."""
     units = _autorelus(model)
-    return float(_mean_weight(units)) if units else None
+    return float(_all_weights(units).mean()) if units else None
 
 
-# --------------------------------------------------------------------------- training hook
+# --------------------------------------------------------------------------- driving them in training
 
 TRACE_COLUMNS = ("w", "w_min", "w_max", "grad_mean", "grad_absmax")
 
@@ -450,11 +470,15 @@ class NoiseController:
             print(noise.epoch_noise_fraction())
 
     For periodic models it advances the schedule (per epoch or per step) and
-    switches the :class:`SignFlip` modules; for dynamic models it synchronises the
-    AutoReLU weights before each step. It counts, on the weights' device, how many
-    steps of the epoch had noise on, without forcing a device sync per step.
+    switches the :class:`SignFlip` modules; for dynamic models it resets the
+    AutoReLU weights to their mean before each step. It counts, on the weights'
+    device, how many steps of the epoch had noise on, without a device sync per step.
     With ``trace=True`` a dynamic model's weights are also recorded every step
     (:class:`AutoReLUTrace`, read with :meth:`take_trace`); not inside a CUDA graph.
+
+    A step recorded in a CUDA graph (:mod:`fernoise.step`) calls the two halves of
+    :meth:`start_step` itself: :meth:`advance_step` on the host before the graph, and
+    :meth:`reset_autorelu`, tensor operations only, inside it.
     """
 
     def __init__(
@@ -473,7 +497,8 @@ class NoiseController:
         self.trace = AutoReLUTrace(self.autorelus) if trace and self.autorelus else None
         self._periodic_on = False
         self._steps = 0
-        self._noisy_steps: torch.Tensor | int = 0
+        self._noisy_periodic = 0  # host count (periodic)
+        self._noisy_dynamic: Optional[torch.Tensor] = None  # device count (dynamic), zeroed in place
 
     @property
     def method(self) -> str:
@@ -487,53 +512,55 @@ class NoiseController:
             flip.active = on
 
     def start_epoch(self) -> None:
-        self._steps, self._noisy_steps = 0, 0
+        self._steps, self._noisy_periodic = 0, 0
+        if self._noisy_dynamic is not None:
+            self._noisy_dynamic.zero_()  # in place: a recorded CUDA graph keeps counting into it
         if self.schedule is not None and self.schedule.unit == "epoch":
             self._set_periodic(self.schedule.advance())
 
     def start_step(self) -> None:
-        """Everything before one training forward pass: :meth:`tick`, :meth:`sync`, :meth:`count`."""
-        self.tick()
-        self.count(self.sync())
+        """Everything before one training forward pass: :meth:`advance_step`, then :meth:`reset_autorelu`."""
+        self.advance_step()
+        self.reset_autorelu()
 
-    def tick(self) -> None:
-        """Count the step and advance a per-step schedule (host side, outside any captured graph)."""
+    def advance_step(self) -> None:
+        """The host half of a step: count it, advance a per-step schedule, count periodic noise."""
         self._steps += 1
         if self.schedule is not None and self.schedule.unit == "step":
             self._set_periodic(self.schedule.advance())
+        if not self.autorelus:  # a dynamic model counts from its weights (reset_autorelu)
+            self._noisy_periodic += int(self._periodic_on)
 
-    def sync(self) -> Optional[torch.Tensor]:
-        """Reset AutoReLU weights to their mean and return it (tensor ops only: safe in a CUDA graph)."""
+    def reset_autorelu(self) -> None:
+        """The device half: reset the AutoReLU weights to their mean and count the step noisy when it
+        is negative (tensor operations only, into tensors that persist: safe inside a CUDA graph)."""
         if not self.autorelus:
-            return None
+            return
         if self.trace is not None:
-            weights = torch.cat([u.weight.detach().reshape(-1) for u in self.autorelus])
+            weights = _all_weights(self.autorelus)
             self.trace.before_reset(weights, weights.mean())
-        return sync_autorelu(self.autorelus, self.sync_scope)
+        mean = sync_autorelu(self.autorelus, self.sync_scope)
+        if self._noisy_dynamic is None or self._noisy_dynamic.device != mean.device:
+            self._noisy_dynamic = torch.zeros((), dtype=torch.int64, device=mean.device)
+        self._noisy_dynamic += (mean < 0).to(torch.int64)
 
     def take_trace(self) -> list[list[float]]:
         """The :class:`AutoReLUTrace` rows since the last call (empty without ``trace``)."""
         return self.trace.take() if self.trace is not None else []
 
-    def count(self, mean: Optional[torch.Tensor]) -> None:
-        """Record whether this step was noisy, from :meth:`sync`'s mean, without a device sync."""
-        if mean is not None:
-            self._noisy_steps = self._noisy_steps + (mean < 0).to(torch.int64)
-        else:
-            self._noisy_steps += int(self._periodic_on)
-
     @property
     def noise_on(self) -> bool:
         """Whether the current (last started) step injects noise."""
         if self.autorelus:
-            return bool(_mean_weight(self.autorelus) < 0)
+            return bool(_all_weights(self.autorelus).mean() < 0)
         return self._periodic_on
 
     def epoch_noise_fraction(self) -> float:
         """Fraction of this epoch's steps (so far) with noise on."""
         if self._steps == 0:
             return float(self._periodic_on)
-        return float(self._noisy_steps) / self._steps
+        noisy = self._noisy_periodic + (int(self._noisy_dynamic) if self._noisy_dynamic is not None else 0)
+        return noisy / self._steps
 
     def state_dict(self) -> dict:
         return {"schedule": self.schedule.state_dict() if self.schedule else None, "periodic_on": self._periodic_on}

@@ -1,4 +1,4 @@
-"""Expression prediction on photos, folders and videos, and export (inference checkpoint, float16, ONNX).
+"""Expression prediction on photos, folders and videos: find, crop and classify faces, and show the results.
 
 Faces are found by :mod:`fernoise.detect` (YuNet by default), each cut out framed and turned
 upright as FER2013's faces are, and preprocessed exactly as the training data was: the crop
@@ -8,18 +8,13 @@ normalised with the checkpoint's mean and std by :func:`fernoise.data.normalize`
 many images (or video frames) are classified together in batches.
 
 Checkpoints are read only through :func:`fernoise.checkpoint.load_checkpoint`, which
-never unpickles Python objects.
+never unpickles Python objects. Exporting a model is :mod:`fernoise.export`; the
+``predict`` command is in :mod:`fernoise.cli`.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import inspect
-import io
-import json
 import os
-import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
@@ -30,18 +25,17 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from fernoise.checkpoint import (
-    CheckpointError, half_precision, inference_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint,
-)
+from fernoise.batchnorm import fold_batchnorm
+from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, parse_input
 from fernoise.data import normalize
 from fernoise.data.formats import to_8bit
 from fernoise.detect import DETECTORS, Box, Detection, crop_face, make_detector
-from fernoise.io import PathLike, write_bytes_atomic, write_text_atomic
-from fernoise.models import fold_batchnorm
+from fernoise.export import onnx_session
+from fernoise.io import PathLike, write_bytes_atomic
 
 __all__ = [
     "Face", "Prediction", "Predictor", "PredictError", "load_image", "find_inputs",
-    "annotate", "format_predictions", "export_checkpoint", "export_onnx", "add_predict_commands",
+    "annotate", "format_predictions", "AnnotatedCopies",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -49,12 +43,11 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".m
 DEFAULT_DETECTOR = "yunet"
 OLD_DETECTOR_NAMES = {"opencv": "haar"}  # the Haar cascade's name before the yunet detector came
 DEFAULT_BATCH = 64
-DEFAULT_OPSET = 17
 ImageLike = Union[PathLike, Image.Image, np.ndarray]
 
 
 class PredictError(ValueError):
-    """An input, an option or an export could not be used; the message says why."""
+    """An input or an option could not be used; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -206,21 +199,6 @@ def _decoded(inputs: list[tuple[Path, str]], every: int,
             yield Prediction(source, error=str(exc)), None
 
 
-# --------------------------------------------------------------------------- the checkpoint's input
-
-
-def _input_spec(spec: Any, source: PathLike) -> tuple[int, int, list[float], list[float]]:
-    """``size, channels, mean, std`` from a checkpoint's ``input`` entry, checked."""
-    try:
-        size, channels = int(spec["size"]), int(spec["channels"])
-        mean, std = [float(v) for v in spec["mean"]], [float(v) for v in spec["std"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source}: malformed input description {spec!r}: {exc}") from None
-    if size < 1 or channels not in (1, 3) or len(mean) not in (1, channels) or len(std) not in (1, channels) \
-            or min(std) <= 0:
-        raise CheckpointError(f"{source}: malformed input description {spec!r}")
-    return size, channels, mean, std
-
 
 # --------------------------------------------------------------------------- the predictor
 
@@ -246,14 +224,14 @@ class Predictor:
             raise PredictError(f"margin must be a fraction of the face box from 0 to 4, got {margin!r}")
         if batch_size < 1:
             raise PredictError(f"batch size must be positive, got {batch_size}")
-        self.size, self.channels, self.mean, self.std = _input_spec(input_spec, "model")
+        self.size, self.channels, self.mean, self.std = parse_input(input_spec, "model")
         self.classes = [str(c) for c in classes]
         self.device = torch.device(device)
         # Channels-last weights let oneDNN pick faster convolutions on the CPU: about 2x at batch 1;
         # folding BatchNorm into the convolutions removes a pass per unit. Both work on a copy:
         # the caller's model keeps its BatchNorm layers and its training mode.
         self.model = fold_batchnorm(copy.deepcopy(model)).to(self.device, memory_format=torch.channels_last)
-        self._session = _onnx_session(model, self.channels, self.size) if engine == "onnx" else None
+        self._session = onnx_session(model, self.channels, self.size) if engine == "onnx" else None
         self.detector = make_detector(detector)
         self.margin = None if margin is None else float(margin)
         self.batch_size = int(batch_size)
@@ -263,7 +241,7 @@ class Predictor:
                         **kwargs: Any) -> "Predictor":
         """Load a fernoise checkpoint safely; ``kwargs`` as the constructor (margin, batch_size, engine)."""
         checkpoint = load_checkpoint(path)
-        size, channels, _, _ = _input_spec(checkpoint["input"], path)
+        size, channels, _, _ = parse_input(checkpoint["input"], path)
         model = model_from_checkpoint(checkpoint, path)
         try:  # one dummy face: the input description must fit the network, the class names its outputs
             with torch.inference_mode():
@@ -410,109 +388,7 @@ def format_predictions(records: Sequence[Prediction]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- export: checkpoint, ONNX
-
-
-def _onnx() -> Any:
-    try:
-        import onnx
-    except ImportError:
-        raise PredictError("ONNX export needs the onnx package: pip install 'fernoise[onnx]'") from None
-    return onnx
-
-
-def _onnx_session(model: nn.Module, channels: int, size: int) -> Any:
-    """The model as an ONNX Runtime session on the CPU (3-4x faster than eager PyTorch at batch 1)."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise PredictError("engine 'onnx' needs onnxruntime: pip install 'fernoise[onnx]'") from None
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    proto = _export_proto(model.eval(), torch.zeros(2, channels, size, size), DEFAULT_OPSET)
-    return onnxruntime.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
-
-
-def _export_proto(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
-    """Serialized ONNX of ``model`` with input ``faces`` and output ``logits``, batch dimension dynamic.
-
-    The TorchScript exporter (``dynamo=False``) is tried first: it needs no extra package.
-    Should it fail or be gone (newer torch), the torch.export-based exporter is used, which
-    needs ``onnxscript``.
-    """
-    names = dict(input_names=["faces"], output_names=["logits"], opset_version=opset,
-                 dynamic_axes={"faces": {0: "batch"}, "logits": {0: "batch"}})
-    has_dynamo_flag = "dynamo" in inspect.signature(torch.onnx.export).parameters
-    buffer = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
-            torch.onnx.export(model, (example,), buffer, **names, **({"dynamo": False} if has_dynamo_flag else {}))
-        return buffer.getvalue()
-    except Exception as legacy_error:  # noqa: BLE001 - any exporter failure is reported below
-        if not has_dynamo_flag:
-            raise PredictError(f"ONNX export failed: {legacy_error}") from None
-        try:
-            import onnxscript  # noqa: F401 - the dynamo exporter needs it
-        except ImportError:
-            raise PredictError(
-                f"ONNX export failed with the TorchScript exporter ({legacy_error}); the torch.export-based "
-                "exporter needs onnxscript: pip install onnxscript"
-            ) from None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (example,), dynamo=True, **names)
-        return program.model_proto.SerializeToString()
-
-
-def export_onnx(checkpoint_path: PathLike, out: PathLike, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
-    """Write a checkpoint's model (eval form, no noise) as ONNX, atomically; returns its metadata.
-
-    Input ``faces``: float32 ``(N, channels, size, size)`` normalised as in training; output
-    ``logits`` ``(N, classes)``. Class names and the input description are stored as
-    ``metadata_props`` (``fernoise.classes``, ``fernoise.input``, JSON).
-    """
-    onnx = _onnx()
-    checkpoint = load_checkpoint(checkpoint_path)
-    size, channels, mean, std = _input_spec(checkpoint["input"], checkpoint_path)
-    model = model_from_checkpoint(checkpoint, checkpoint_path).eval()
-    proto = onnx.load_from_string(_export_proto(model, torch.zeros(2, channels, size, size), opset))
-    metadata = {
-        "fernoise.classes": json.dumps(list(checkpoint["classes"])),
-        "fernoise.input": json.dumps({"size": size, "channels": channels, "mean": mean, "std": std}),
-        "fernoise.model": json.dumps(checkpoint["model"]),
-    }
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    write_bytes_atomic(out, proto.SerializeToString())
-    return metadata
-
-
-def export_checkpoint(checkpoint_path: PathLike, out: PathLike, half: bool = False) -> tuple[int, int]:
-    """Write an inference-only copy of a checkpoint (float16 weights with ``half``), atomically.
-
-    The copy is checked to rebuild the model before it is written. Returns the sizes in bytes
-    of the source and of the copy.
-    """
-    checkpoint = load_checkpoint(checkpoint_path)
-    model_from_checkpoint(checkpoint, checkpoint_path)
-    slim = (half_precision if half else inference_checkpoint)(checkpoint)
-    save_checkpoint(out, {k: v for k, v in slim.items() if k not in ("format", "version")})
-    return Path(checkpoint_path).stat().st_size, Path(out).stat().st_size
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-class _AnnotatedCopies:
+class AnnotatedCopies:
     """Writes annotated copies under ``directory``.
 
     Their paths mirror the inputs' paths below the inputs' common folder, so files of the
@@ -560,100 +436,3 @@ class _AnnotatedCopies:
     def close(self) -> None:
         for writer in self._videos.values():
             writer.release()
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' * (n != 1)}"
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from fernoise.cli import EXIT_ERROR
-    from fernoise.distributed import resolve_device
-
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=resolve_device(args.device), detector=args.detector,
-                                          margin=args.margin, batch_size=args.batch_size, engine=args.engine)
-    copies = _AnnotatedCopies(args.annotate, args.inputs, args.every) if args.annotate else None
-    records: list[Prediction] = []
-    try:
-        for record in predictor.predict_paths(args.inputs, every=args.every, progress=not args.quiet,
-                                              keep_images=copies is not None):
-            if copies is not None:
-                copies.write(record)
-                record.image = None
-            records.append(record)
-    finally:
-        if copies is not None:
-            copies.close()
-    failed = [r for r in records if r.error is not None]
-    print(format_predictions(records))
-    for record in failed:
-        print(f"fernoise: error: {record.error}", file=sys.stderr)
-    if args.json:
-        report = {"checkpoint": str(args.checkpoint), "classes": predictor.classes,
-                  "results": [r.to_dict() for r in records]}
-        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
-    done = [r for r in records if r.error is None]
-    frames = sum(r.frame is not None for r in done)
-    summary = f"{_count(sum(len(r.faces) for r in done), 'face')} in {_count(len(done) - frames, 'image')}"
-    print(summary + (f" and {_count(frames, 'video frame')}" if frames else "") + (f"; {len(failed)} failed" if failed else ""))
-    return EXIT_ERROR if failed else 0
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    if not (args.onnx or args.pt):
-        raise PredictError("export: say what to write: --pt FILE (a checkpoint for inference) and/or --onnx FILE")
-    if args.half and not args.pt:
-        raise PredictError("export: --half applies to --pt (an ONNX export is float32)")
-    if args.pt:
-        sizes = export_checkpoint(args.checkpoint, args.pt, half=args.half)
-        print(f"wrote {args.pt}: {'float16' if args.half else 'float32'} weights, no optimizer state, "
-              f"{sizes[1] / 2**20:.1f} MiB (from {sizes[0] / 2**20:.1f} MiB)")
-    if args.onnx:
-        metadata = export_onnx(args.checkpoint, args.onnx, opset=args.opset)
-        spec = json.loads(metadata["fernoise.input"])
-        print(f"wrote {args.onnx}: input 'faces' float32 (N, {spec['channels']}, {spec['size']}, {spec['size']}), "
-              f"output 'logits' (N, {len(json.loads(metadata['fernoise.classes']))}), opset {args.opset}")
-    return 0
-
-
-def add_predict_commands(subparsers: Any) -> None:
-    """Register ``predict`` and ``export`` on the ``fernoise`` command's subparsers."""
-    p = subparsers.add_parser(
-        "predict", help="expressions of the faces in photos, folders and videos",
-        description="Find faces (YuNet, or the Haar cascade), classify their expression with a checkpoint and print "
-        "a table. Exit code 2 when any input failed; the others are still processed.",
-    )
-    p.add_argument("checkpoint", help="a fernoise checkpoint (.pt)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files (JPEG, PNG, WebP, BMP, TIFF), folders (searched recursively) or video files")
-    p.add_argument("--json", metavar="FILE", help="also write all results as JSON")
-    p.add_argument("--annotate", metavar="DIR", help="write copies with boxes and labels drawn into DIR")
-    p.add_argument("--every", type=_positive_int, default=1, metavar="K", help="videos: every K-th frame (default 1)")
-    p.add_argument("--detector", choices=[*DETECTORS, "none", *OLD_DETECTOR_NAMES], default=DEFAULT_DETECTOR,
-                   help="face detector: yunet (default; finds tilted, partly covered and small faces), haar "
-                   "(OpenCV's frontal-face cascade; 'opencv' is its old name), or none: each input is one "
-                   "pre-cropped face")
-    p.add_argument("--margin", type=float, default=None, metavar="F",
-                   help="crop each face box grown by F of its size on each side, upright, instead of the default "
-                   "FER2013 framing (see docs/PREDICT.md)")
-    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH,
-                   help=f"faces classified at once (default {DEFAULT_BATCH})")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device (default auto)")
-    p.add_argument("--engine", default="torch", choices=["torch", "onnx"],
-                   help="run the network in PyTorch (default) or in ONNX Runtime on the CPU (faster; needs fernoise[onnx])")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_cmd_predict)
-
-    e = subparsers.add_parser(
-        "export", help="write a checkpoint for sharing (--pt, --half) or the model as ONNX",
-        description="--pt: a checkpoint with only what inference needs (weights, classes, preprocessing, noise "
-        "settings, provenance), float16 weights with --half (they load back as float32). --onnx: the model (eval "
-        "form, no noise) as ONNX: input 'faces' float32 (N, C, size, size) normalised as in training, output "
-        "'logits'; class names and input description in metadata_props.",
-    )
-    e.add_argument("checkpoint", help="a fernoise checkpoint (.pt)")
-    e.add_argument("--pt", metavar="FILE", help="checkpoint file to write, without optimizer or other resume state")
-    e.add_argument("--half", action="store_true", help="with --pt: store the weights as float16 (half the size)")
-    e.add_argument("--onnx", metavar="FILE", help="ONNX file to write")
-    e.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    e.set_defaults(handler=_cmd_export)

@@ -30,12 +30,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .io import write_bytes_atomic, write_text_atomic
-from .noise import TRACE_COLUMNS
-from .train import TRACE_FILE
+from .runfiles import METRIC_COLUMNS, TRACE_FILE, TRACE_HEADER
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_f1", "val_acc", "noise_on", "lr", "seconds")
+# The metrics.csv columns a report needs (train_f1 is not shown, so not required).
+REQUIRED_METRICS = tuple(c for c in METRIC_COLUMNS if c != "train_f1")
 SUMMARY_KEYS = ("best_val_f1", "best_epoch", "final_val_f1", "final_train_loss")
 
 
@@ -131,7 +131,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _read_metrics(path: Path, columns: Sequence[str] = METRIC_COLUMNS, key: str | None = "epoch"
+def _read_metrics(path: Path, columns: Sequence[str] = REQUIRED_METRICS, key: str | None = "epoch"
                   ) -> dict[str, np.ndarray]:
     """A numeric CSV as columns; ``key``, when given, must be an integer that increases from row to row."""
     reader = csv.reader(io.StringIO(_read_text(path)))
@@ -184,7 +184,7 @@ def _is_number(value: Any) -> bool:
 
 def read_trace(path: PathLike) -> dict[str, np.ndarray]:
     """An ``autorelu_trace.csv`` (one row per training step) as columns."""
-    return _read_metrics(Path(path), ("epoch", "step", *TRACE_COLUMNS), key=None)
+    return _read_metrics(Path(path), TRACE_HEADER, key=None)
 
 
 def load_run(run_dir: PathLike) -> RunRecord:
@@ -373,6 +373,11 @@ def _cell(mean: float | None, std: float | None, n: int, fmt: str) -> str:
         return "—"
     spread = f" ± {std:{fmt}}" if std is not None else ""
     return f"{mean:{fmt}}{spread} (n={n})"
+
+
+def mean_std_cell(values: Sequence[float], fmt: str) -> str:
+    """``mean ± std (n=N)`` of ``values`` (sample std), as the tables show it."""
+    return _cell(*_mean_std(values), len(values), fmt)
 
 
 def _table1_markdown(rows: Sequence[Mapping[str, Any]]) -> str:

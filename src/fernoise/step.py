@@ -13,8 +13,9 @@ PyTorch CUDA-graph notes:
 3. every later full batch is copied into the static input buffers and replayed.
 
 Noise stays live inside the graph: :class:`~fernoise.noise.SignFlip` multiplies by
-a device tensor that the schedule refills, and the AutoReLU weight reset is part of
-the graph. A batch of another shape (the last, smaller one) runs eagerly, and a
+a device tensor that the schedule refills (:mod:`fernoise.fastpath`), and the device
+half of :meth:`~fernoise.noise.NoiseController.start_step` (the AutoReLU weight reset
+and its noisy-step count) is part of the graph; the host half runs before it. A batch of another shape (the last, smaller one) runs eagerly, and a
 change of the learning rate (a scheduler) records the graph again.
 """
 from __future__ import annotations
@@ -72,9 +73,8 @@ class TrainStep:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=torch.bfloat16)
 
-    def _forward_backward(self, inputs: torch.Tensor, labels: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        mean = self.controller.sync()
+    def _forward_backward(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.controller.reset_autorelu()  # the device half of the noise step: recorded with the rest
         with self._autocast(inputs.device):
             logits = self.net(inputs)
         loss = self.criterion(logits.float(), labels)
@@ -83,7 +83,7 @@ class TrainStep:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-        return loss.detach(), logits.detach(), mean
+        return loss.detach(), logits.detach()
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         bad = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
@@ -92,17 +92,14 @@ class TrainStep:
         return not bool(bad)
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.controller.tick()
+        self.controller.advance_step()  # the host half of the noise step
         if self._full_shape is None:
             self._full_shape = inputs.shape
         if not self.capture or inputs.shape != self._full_shape:
-            loss, logits, mean = self._forward_backward(inputs, labels)
-        elif self._warm < WARMUP_STEPS:
-            loss, logits, mean = self._warmup(inputs, labels)
-        else:
-            loss, logits, mean = self._replay(inputs, labels)
-        self.controller.count(mean)
-        return loss, logits
+            return self._forward_backward(inputs, labels)
+        if self._warm < WARMUP_STEPS:
+            return self._warmup(inputs, labels)
+        return self._replay(inputs, labels)
 
     def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
         # One stream for warm-up and recording, so that per-stream library handles
@@ -127,7 +124,7 @@ class TrainStep:
         self._static["inputs"].copy_(inputs)
         self._static["labels"].copy_(labels)
         self._graph.replay()
-        return self._static["loss"], self._static["logits"], self._static.get("mean")
+        return self._static["loss"], self._static["logits"]
 
     def _record(self, inputs: torch.Tensor, labels: torch.Tensor, lrs: list[float]) -> None:
         self._graph = None  # frees the previous graph's memory before recording anew
@@ -137,8 +134,6 @@ class TrainStep:
         # Gradients are allocated inside the graph's memory pool and stay there.
         self.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph, stream=self._side_stream(inputs.device)):
-            loss, logits, mean = self._forward_backward(static_inputs, static_labels)
+            loss, logits = self._forward_backward(static_inputs, static_labels)
         self._static = {"inputs": static_inputs, "labels": static_labels, "loss": loss, "logits": logits}
-        if mean is not None:
-            self._static["mean"] = mean
         self._graph, self._graph_lrs = graph, lrs

@@ -6,26 +6,31 @@ trains for ``config.epochs`` epochs and leaves in ``out_dir``: ``config.yaml``,
 and ``checkpoints/best.pt`` (best validation macro-F1) and ``summary.json``.
 Checkpoints are written at the end of every epoch; ``resume=True`` continues
 from ``last.pt`` and, on the CPU, reproduces the uninterrupted run exactly.
+
+Read it from :func:`_train_locked`: everything a run holds is one :class:`_Run`,
+set up by :func:`_start` and, when resuming, loaded by :func:`_resume`; then every
+epoch trains (:func:`_train_epoch`), evaluates (:func:`_evaluate`), records
+(:func:`_record`) and, on rank 0, writes its files (:func:`_write_epoch`).
 """
 from __future__ import annotations
 
-import csv
+import contextlib
 import dataclasses
-import io
 import itertools
 import json
 import math
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from fernoise.batchnorm import recalibrate_batchnorm
 from fernoise.checkpoint import CheckpointError, inference_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fernoise.config import SPEED_ONLY, TrainConfig, config_changes
 from fernoise.data import (
@@ -36,21 +41,27 @@ from fernoise.distributed import DeviceError, Distributed, init_distributed
 from fernoise.evaluate import evaluate_arrays
 from fernoise.io import PathLike, RunLock, write_text_atomic
 from fernoise.metrics import RunningF1
-from fernoise.models import build_model, recalibrate_batchnorm
-from fernoise.noise import TRACE_COLUMNS, NoiseController, PeriodicSchedule, autorelu_weight
+from fernoise.models import build_model
+from fernoise.noise import NoiseController, PeriodicSchedule, autorelu_weight
+from fernoise.runfiles import METRIC_COLUMNS, METRICS_FILE, TRACE_FILE, trace_rows_before, write_metrics, write_trace
 from fernoise.step import TrainStep
 
 CHECK_EVERY = 10  # steps between host syncs for the progress bar and the NaN check
-TRACE_FILE = "autorelu_trace.csv"  # dynamic runs: one row per training step (AutoReLUTrace)
-METRIC_COLUMNS = ["epoch", "train_loss", "train_f1", "val_loss", "val_f1", "val_acc", "noise_on", "lr", "seconds"]
+LAST_PT = Path("checkpoints", "last.pt")  # complete, for resuming
+BEST_PT = Path("checkpoints", "best.pt")  # inference only, the best validation macro-F1
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (diverged, bad resume); the message says where and what to do."""
 
 
+# --------------------------------------------------------------------------- data
+
+
 @dataclass
-class _Data:
+class TrainData:
+    """The data set and the (possibly subset) training and validation arrays a run uses."""
+
     packed: PackedData
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -66,7 +77,7 @@ def _subset(images: np.ndarray, labels: np.ndarray, limit: Optional[int], seed: 
     return images[keep], labels[keep]
 
 
-def prepare_data(cfg: TrainConfig, progress: bool = True) -> _Data:
+def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
     packed = load_data(
         cfg.data,
         size=cfg.image_size,
@@ -82,23 +93,26 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> _Data:
     train, val = packed.splits["train"], packed.splits["val"]
     train_images, train_labels = _subset(train.images, train.labels, cfg.train_limit, seed=1)
     val_images, val_labels = _subset(val.images, val.labels, cfg.val_limit, seed=2)
-    return _Data(packed, train_images, train_labels, val_images, val_labels)
+    return TrainData(packed, train_images, train_labels, val_images, val_labels)
 
 
-def model_kwargs(cfg: TrainConfig, packed: PackedData) -> dict[str, Any]:
-    """The build_model arguments a checkpoint stores, so it rebuilds without the config."""
-    return {
-        "name": cfg.model,
-        "num_classes": len(packed.classes),
-        "noise": cfg.noise,
-        "position": cfg.position,
-        "dropout": cfg.dropout_p,
-        "in_channels": packed.channels,
-        "stem": cfg.stem,
-        "autorelu_init": cfg.autorelu_init,
-        "autorelu_constant": cfg.autorelu_constant,
-        "autorelu_grad": cfg.autorelu_grad,
-    }
+def _place_data(cfg: TrainConfig, data: TrainData, device: torch.device, log: Callable[[str], None]) -> TrainData:
+    """Training images in device memory when asked for, or by default on a GPU when they fit."""
+    nbytes = data.train_images.nbytes
+    wanted = cfg.data_on_device if cfg.data_on_device is not None else device.type == "cuda"
+    if not wanted:
+        return data
+    if not fits_on_device(nbytes, device):
+        if cfg.data_on_device:
+            raise TrainingError(f"data_on_device: the {nbytes / 2**30:.1f} GiB of training images do not fit "
+                                f"in a quarter of {device}'s free memory; set data_on_device: false")
+        log(f"training images ({nbytes / 2**30:.1f} GiB) stay in host memory: too large for {device}")
+        return data
+    images, labels = to_device(data.train_images, data.train_labels, device)
+    return dataclasses.replace(data, train_images=images, train_labels=labels)
+
+
+# --------------------------------------------------------------------------- optimisation
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -153,52 +167,135 @@ def pause_point(phase: str, epoch: int) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def _read_trace(path: Path, start_epoch: int) -> list[list[Any]]:
-    """The trace rows of the epochs before ``start_epoch`` (a resumed run repeats the later ones)."""
-    if start_epoch == 1 or not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        rows = [[int(r["epoch"]), int(r["step"]), *(float(r[c]) for c in TRACE_COLUMNS)] for r in csv.DictReader(handle)]
-    return [r for r in rows if r[0] < start_epoch]
+# --------------------------------------------------------------------------- the run's state
 
 
-def _write_trace(path: Path, rows: list[list[Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["epoch", "step", *TRACE_COLUMNS])
-    writer.writerows([r[:2] + [f"{v:.9g}" for v in r[2:]] for r in rows])
-    write_text_atomic(path, buffer.getvalue())
+@dataclass
+class _Run:
+    """Everything one run holds: set up once by :func:`_start`, advanced by every epoch."""
+
+    cfg: TrainConfig
+    out: Path
+    ddp: Distributed
+    device: torch.device
+    log: Callable[[str], None]
+    quiet: bool
+    data: TrainData
+    model: nn.Module  # the plain network: what is saved
+    net: nn.Module  # what runs the forward: the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler]
+    noise: NoiseController
+    augment: Augmenter
+    generator: torch.Generator  # the order and augmentation of the training batches
+    train_step: TrainStep  # one optimisation step (eager, or a replayed CUDA graph)
+    epoch: int = 0  # the last finished epoch
+    best: dict[str, Any] = field(default_factory=lambda: {"val_f1": -1.0, "epoch": 0})
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.csv
+    trace: list[list[Any]] = field(default_factory=list)  # autorelu_trace.csv
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / LAST_PT
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / BEST_PT
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.packed.classes)
 
 
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
+def _start(cfg: TrainConfig, out: Path, ddp: Distributed, device: torch.device, quiet: bool,
+           log: Callable[[str], None]) -> _Run:
+    """A new run: data, model, optimizer, noise and step (in this order, which fixes the random streams)."""
+    undriven = cfg.dynamic_without_drive()
+    if undriven:
+        log(f"warning: dynamic method with {', '.join(undriven)}: nothing but float rounding moves the AutoReLU "
+            "weights, so noise may never switch on (autorelu_trace.csv and report.md will tell)")
+    torch.manual_seed(cfg.seed)
+    if not ddp.is_main:
+        ddp.barrier()  # rank 0 builds the cache first
+    data = prepare_data(cfg, progress=not quiet)
+    if ddp.is_main:
+        ddp.barrier()
+    packed = data.packed
+    if len(data.train_labels) == 0 or len(data.val_labels) == 0:
+        raise TrainingError(f"{cfg.data}: the train and val splits must both hold images")
+    if cfg.capture and device.type != "cuda":
+        raise DeviceError(f"capture: CUDA graphs need a CUDA device, this run is on {device.type}; set capture: false")
+    if cfg.capture and ddp.enabled:
+        raise TrainingError("capture: not supported under torchrun (DistributedDataParallel); set capture: false")
+
+    model = build_model(**cfg.model_kwargs(len(packed.classes), packed.channels)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = ddp.wrap(model, device)  # converts BatchNorm in place on GPUs; model stays the plain network
+    optimizer = _optimizer(cfg, model, device)
+    scheduler = _scheduler(cfg, optimizer)
+    schedule = PeriodicSchedule(cfg.interval, cfg.interval_unit) if cfg.noise == "periodic" else None
+    # The per-step AutoReLU trace cannot be recorded from inside a CUDA graph.
+    noise = NoiseController(model, schedule, sync_scope=cfg.autorelu_sync, trace=not cfg.capture)
+    augment = Augmenter(cfg.augment, packed.size, packed.channels, packed.mean, packed.std).to(device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    weights = class_weights(data.train_labels, len(packed.classes)).to(device) if cfg.class_weighted_loss else None
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    train_step = TrainStep(net, optimizer, criterion, noise, precision=cfg.precision, capture=cfg.capture,
+                           skip_nonfinite=cfg.nonfinite == "skip", reduce=ddp.sum_ if ddp.enabled else None)
+    data = _place_data(cfg, data, device, log)
+    return _Run(cfg, out, ddp, device, log, quiet, data, model, net, optimizer, scheduler, noise, augment,
+                generator, train_step)
 
 
-class _Progress:
-    """tqdm bar per epoch (loss, running F1, images/s), or nothing when quiet."""
+def _resume(run: _Run) -> None:
+    """Continue ``run`` after the epoch its ``last.pt`` holds: weights, optimizer, schedules, random streams."""
+    try:
+        state = load_checkpoint(run.last_path, resume=True)
+    except CheckpointError as exc:
+        raise TrainingError(f"cannot resume: {exc}") from None
+    changed = config_changes(state["config"], run.cfg, ignore=("epochs", *SPEED_ONLY))
+    if changed:
+        diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise TrainingError(f"cannot resume {run.out} with a different configuration ({diffs})")
+    classes = list(run.data.packed.classes)
+    if list(state["classes"]) != classes:
+        raise TrainingError(
+            f"cannot resume {run.out}: its checkpoint has classes {state['classes']} but the data now has {classes}"
+        )
+    run.model.load_state_dict(state["state_dict"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scheduler is not None and state.get("scheduler"):
+        run.scheduler.load_state_dict(state["scheduler"])
+        _fit_schedule(run.scheduler, run.optimizer, run.cfg.epochs)
+    run.noise.load_state_dict(state["noise"])
+    _set_rng_state(state["rng"], run.generator, run.device)
+    run.epoch, run.best, run.rows = state["epoch"], state["best"], list(state["metrics"])
+    if run.noise.trace is not None:
+        run.trace = trace_rows_before(run.out / TRACE_FILE, run.epoch + 1)
 
-    def __init__(self, quiet: bool, total: int, epoch: int, epochs: int) -> None:
-        self.bar = None
-        if not quiet:
-            from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
+def _checkpoint(run: _Run) -> dict[str, Any]:
+    """The complete state after ``run.epoch`` (``last.pt``; ``best.pt`` is its inference part)."""
+    packed, cfg = run.data.packed, run.cfg
+    return {
+        "model": cfg.model_kwargs(len(packed.classes), packed.channels),
+        "classes": list(packed.classes),
+        "input": {"size": packed.size, "channels": packed.channels, "mean": list(packed.mean), "std": list(packed.std)},
+        "data": {"source": str(cfg.data), "fingerprint": packed.meta.get("fingerprint")},
+        "config": cfg.to_dict(),
+        "state_dict": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler else None,
+        "noise": run.noise.state_dict(),
+        "rng": _rng_state(run.generator, run.device),
+        "epoch": run.epoch,
+        "best": run.best,
+        "metrics": run.rows,
+    }
 
-    def show(self, loss: float, f1: float, images_per_s: float) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", f1=f"{f1:.3f}", img_s=f"{images_per_s:.0f}", refresh=False)
 
-    def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+# --------------------------------------------------------------------------- the loop
 
 
 def train(
@@ -237,237 +334,219 @@ def _train_locked(
     log: Callable[[str], None],
     on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
-    ckpt_dir = out / "checkpoints"
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    if not resume and (last_path.exists() or (out / "metrics.csv").exists()):
+    if not resume and ((out / LAST_PT).exists() or (out / METRICS_FILE).exists()):
         raise TrainingError(f"{out} already holds a run; use --resume to continue it or choose another --out")
     if cfg.batch_size % ddp.world_size:
         raise TrainingError(f"batch size {cfg.batch_size} does not divide among {ddp.world_size} processes")
-
-    undriven = cfg.dynamic_without_drive()
-    if undriven:
-        log(f"warning: dynamic method with {', '.join(undriven)}: nothing but float rounding moves the AutoReLU "
-            "weights, so noise may never switch on (autorelu_trace.csv and report.md will tell)")
-    torch.manual_seed(cfg.seed)
-    if not ddp.is_main:
-        ddp.barrier()  # rank 0 builds the cache first
-    data = prepare_data(cfg, progress=not quiet)
-    if ddp.is_main:
-        ddp.barrier()
-    packed = data.packed
-    if len(data.train_labels) == 0 or len(data.val_labels) == 0:
-        raise TrainingError(f"{cfg.data}: the train and val splits must both hold images")
-    num_classes = len(packed.classes)
-
-    if cfg.capture and device.type != "cuda":
-        raise DeviceError(f"capture: CUDA graphs need a CUDA device, this run is on {device.type}; set capture: false")
-    if cfg.capture and ddp.enabled:
-        raise TrainingError("capture: not supported under torchrun (DistributedDataParallel); set capture: false")
-    model = build_model(**model_kwargs(cfg, packed)).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    net = ddp.wrap(model, device)  # converts BatchNorm in place on GPUs; model stays the plain network
-    optimizer = _optimizer(cfg, model, device)
-    scheduler = _scheduler(cfg, optimizer)
-    schedule = PeriodicSchedule(cfg.interval, cfg.interval_unit) if cfg.noise == "periodic" else None
-    # The per-step AutoReLU trace cannot be recorded from inside a CUDA graph.
-    controller = NoiseController(model, schedule, sync_scope=cfg.autorelu_sync, trace=not cfg.capture)
-    augment = Augmenter(cfg.augment, packed.size, packed.channels, packed.mean, packed.std).to(device)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    weights = class_weights(data.train_labels, num_classes).to(device) if cfg.class_weighted_loss else None
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    reduce = ddp.sum_ if ddp.enabled else None
-    train_step = TrainStep(net, optimizer, criterion, controller, precision=cfg.precision, capture=cfg.capture,
-                           skip_nonfinite=cfg.nonfinite == "skip", reduce=reduce)
-    data = _place_data(cfg, data, device, log)
-
-    rows: list[dict[str, Any]] = []
-    start_epoch, best = 1, {"val_f1": -1.0, "epoch": 0}
-    if resume and last_path.is_file():
-        start_epoch, best, rows = _resume(last_path, out, cfg, packed, model, optimizer, scheduler, controller, generator, device)
-        log(f"resuming {out} after epoch {start_epoch - 1}")
+    run = _start(cfg, out, ddp, device, quiet, log)
+    if resume and run.last_path.is_file():
+        _resume(run)
+        log(f"resuming {out} after epoch {run.epoch}")
     elif resume:
         log(f"{out}: no epoch had finished, starting from the beginning")
-    trace_rows = _read_trace(out / TRACE_FILE, start_epoch) if controller.trace is not None else []
-    writer = None
-    if ddp.is_main:
-        write_text_atomic(out / "config.yaml", cfg.to_yaml())
-        pause_point("started", start_epoch)
-        from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out), purge_step=start_epoch)
-    checkpoint_base = {
-        "model": model_kwargs(cfg, packed),
-        "classes": list(packed.classes),
-        "input": {"size": packed.size, "channels": packed.channels, "mean": list(packed.mean), "std": list(packed.std)},
-        "data": {"source": str(cfg.data), "fingerprint": packed.meta.get("fingerprint")},
-        "config": cfg.to_dict(),
-    }
-    try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            row = _train_epoch(cfg, epoch, net, train_step, controller, augment, data, generator, device, ddp, quiet)
-            if cfg.bn_recalibrate:
-                _recalibrate(cfg, epoch, model, augment, data, device, ddp)
-            trace_rows += [[epoch, step, *values] for step, values in enumerate(controller.take_trace(), start=1)]
-            val = evaluate_arrays(
-                model, data.val_images, data.val_labels, num_classes, augment, device, cfg.eval_batch_size, cfg.tta_flip
-            )
-            row.update(val_loss=val["loss"], val_f1=val["macro_f1"], val_acc=val["accuracy"])
-            row["lr"] = optimizer.param_groups[0]["lr"]
-            if scheduler is not None:
-                scheduler.step()
-            if controller.autorelus:
-                row["autorelu_w"] = autorelu_weight(model)
-            order = METRIC_COLUMNS + [k for k in row if k not in METRIC_COLUMNS]
-            rows.append({k: row[k] for k in order})
-
-            if not all(torch.isfinite(p).all() for p in model.parameters()):
-                raise TrainingError(
-                    f"non-finite weights after epoch {epoch}; checkpoints keep the state after epoch {epoch - 1}. "
-                    f"Lower the learning rate"
-                )
-            is_best = val["macro_f1"] > best["val_f1"]
-            if is_best:
-                best = {"val_f1": val["macro_f1"], "epoch": epoch}
-            state = {
-                **checkpoint_base,
-                "state_dict": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler else None,
-                "noise": controller.state_dict(),
-                "rng": _rng_state(generator, device),
-                "epoch": epoch,
-                "best": best,
-                "metrics": rows,
-            }
-            if not ddp.is_main:
-                continue
-            for key, value in row.items():
-                if key != "epoch":
-                    writer.add_scalar(key, value, epoch)
-            writer.flush()
-            # best.pt first: a crash between the two writes then only repeats this epoch on resume.
-            # best.pt is for use and sharing: no optimizer or other resume state (resuming reads last.pt).
-            pause_point("epoch-trained", epoch)
-            # The trace before last.pt: a resume from last.pt must find this epoch's rows in it.
-            if trace_rows:
-                _write_trace(out / TRACE_FILE, trace_rows)
-            if is_best:
-                save_checkpoint(best_path, inference_checkpoint(state))
-                pause_point("best-written", epoch)
-            save_checkpoint(last_path, state)
-            pause_point("last-written", epoch)
-            _write_metrics(out / "metrics.csv", rows)
-            pause_point("epoch-done", epoch)
-            noise = f" noise {row['noise_on']:.2f}" if controller.method != "none" else ""
-            log(
-                f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
-                f"val F1 {val['macro_f1']:.4f}  acc {val['accuracy']:.4f}{noise}  {row['seconds']:.1f}s"
-            )
-            if on_epoch is not None:
-                on_epoch(row)
-    finally:
-        if writer is not None:
-            writer.close()
+    with _tensorboard(run) as writer:
+        for epoch in range(run.epoch + 1, cfg.epochs + 1):
+            row = _train_epoch(run, epoch)
+            row.update(_evaluate(run, epoch))
+            is_best = _record(run, epoch, row)
+            if ddp.is_main:
+                _write_epoch(run, writer, is_best)
+                if on_epoch is not None:
+                    on_epoch(run.rows[-1])
 
     if not ddp.is_main:
         return {}
-    summary = _summarise(cfg, rows, best, best_path, packed, augment, device)
+    summary = _summarise(run)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _place_data(cfg: TrainConfig, data: _Data, device: torch.device, log: Callable[[str], None]) -> _Data:
-    """Training images in device memory when asked for, or by default on a GPU when they fit."""
-    nbytes = data.train_images.nbytes
-    wanted = cfg.data_on_device if cfg.data_on_device is not None else device.type == "cuda"
-    if not wanted:
-        return data
-    if not fits_on_device(nbytes, device):
-        if cfg.data_on_device:
-            raise TrainingError(f"data_on_device: the {nbytes / 2**30:.1f} GiB of training images do not fit "
-                                f"in a quarter of {device}'s free memory; set data_on_device: false")
-        log(f"training images ({nbytes / 2**30:.1f} GiB) stay in host memory: too large for {device}")
-        return data
-    images, labels = to_device(data.train_images, data.train_labels, device)
-    return dataclasses.replace(data, train_images=images, train_labels=labels)
+@contextlib.contextmanager
+def _tensorboard(run: _Run) -> Iterator[Any]:
+    """On rank 0: ``config.yaml`` written, and a TensorBoard writer from the first epoch to train on."""
+    if not run.ddp.is_main:
+        yield None
+        return
+    write_text_atomic(run.out / "config.yaml", run.cfg.to_yaml())
+    pause_point("started", run.epoch + 1)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run.out), purge_step=run.epoch + 1)
+    try:
+        yield writer
+    finally:
+        writer.close()
 
 
-def _train_epoch(
-    cfg: TrainConfig,
-    epoch: int,
-    net: nn.Module,
-    train_step: TrainStep,
-    controller: NoiseController,
-    augment: Augmenter,
-    data: _Data,
-    generator: torch.Generator,
-    device: torch.device,
-    ddp: Distributed,
-    quiet: bool,
-) -> dict[str, Any]:
-    net.train()
-    controller.start_epoch()
+# --------------------------------------------------------------------------- one epoch
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """One pass over the training data; the epoch's training metrics, learning rate and AutoReLU weight."""
+    cfg, ddp = run.cfg, run.ddp
+    run.net.train()
+    run.noise.start_epoch()
     local_batch = cfg.batch_size // ddp.world_size
     batches = iterate_batches(
-        data.train_images, data.train_labels, local_batch, shuffle=True, generator=generator,
-        balanced=cfg.balanced_sampler, rank=ddp.rank, world_size=ddp.world_size, device=device,
+        run.data.train_images, run.data.train_labels, local_batch, shuffle=True, generator=run.generator,
+        balanced=cfg.balanced_sampler, rank=ddp.rank, world_size=ddp.world_size, device=run.device,
     )
-    total = num_batches(len(data.train_labels), local_batch, world_size=ddp.world_size)
-    progress = _Progress(quiet, total, epoch, cfg.epochs)
-    running = RunningF1(len(data.packed.classes))
-    # Per-step loss x batch size stays on the device: no host sync per step. Losses are
-    # checked for NaN/inf when the progress bar refreshes (every CHECK_EVERY steps).
-    weighted_losses = torch.zeros(total, dtype=torch.float64, device=device)
-    seen, skipped = 0, 0
-    start = time.perf_counter()
-    try:
+    total = num_batches(len(run.data.train_labels), local_batch, world_size=ddp.world_size)
+    stats = _EpochStats(total, run.num_classes, run.device, ddp)
+    with _Progress(run.quiet, total, epoch, cfg.epochs) as progress:
         for step, (images, labels) in enumerate(batches, start=1):
-            inputs = augment(images, generator=generator, train=True)
+            inputs = run.augment(images, generator=run.generator, train=True)
             if cfg.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            loss, logits = train_step(inputs, labels)
-            if train_step.last_step_skipped:
-                skipped += 1
-            else:
-                weighted_losses[step - 1] = loss * len(labels)
-                seen += len(labels)
-                running.update(logits.argmax(1), labels)
+            loss, logits = run.train_step(inputs, labels)
+            stats.add(step, loss, logits, labels, skipped=run.train_step.last_step_skipped)
             if step % CHECK_EVERY == 1 or step == total:
-                loss_sum = _checked_loss_sum(weighted_losses[:step], epoch, ddp)
-                progress.show(loss_sum / max(seen, 1), running.compute(), seen / (time.perf_counter() - start))
+                progress.show(*stats.so_far(step, epoch))
             progress.update()
             if step == 2:
                 pause_point("mid-epoch", epoch)
-    finally:
-        progress.close()
-    loss_sum = float(weighted_losses.sum())
-    if ddp.enabled:
-        loss_sum, seen = (float(v) for v in ddp.sum_(torch.tensor([loss_sum, seen], dtype=torch.float64)))
-        running.all_reduce_()
-    if seen == 0:
-        raise TrainingError(f"every training step of epoch {epoch} had a non-finite loss; nothing was learned")
-    row: dict[str, Any] = {
-        "epoch": epoch,
-        "train_loss": loss_sum / seen,
-        "train_f1": running.compute(),
-        "noise_on": controller.epoch_noise_fraction(),
-        "seconds": time.perf_counter() - start,
-    }
+    row = stats.row(epoch)
+    row["noise_on"] = run.noise.epoch_noise_fraction()
     if cfg.nonfinite == "skip":
-        row["skipped_steps"] = skipped
+        row["skipped_steps"] = stats.skipped
+    row["lr"] = run.optimizer.param_groups[0]["lr"]  # this epoch's; then the schedule moves on
+    if run.scheduler is not None:
+        run.scheduler.step()
+    if run.noise.autorelus:
+        row["autorelu_w"] = autorelu_weight(run.model)
+    run.trace += [[epoch, step, *values] for step, values in enumerate(run.noise.take_trace(), start=1)]
     return row
 
 
-def _recalibrate(cfg: TrainConfig, epoch: int, model: nn.Module, augment: Augmenter, data: _Data,
-                 device: torch.device, ddp: Distributed) -> None:
+def _evaluate(run: _Run, epoch: int) -> dict[str, float]:
+    """Validation loss, macro-F1 and accuracy (BatchNorm statistics first re-estimated if asked for)."""
+    if run.cfg.bn_recalibrate:
+        _recalibrate(run, epoch)
+    val = evaluate_arrays(run.model, run.data.val_images, run.data.val_labels, run.num_classes, run.augment,
+                          run.device, run.cfg.eval_batch_size, run.cfg.tta_flip)
+    return {"val_loss": val["loss"], "val_f1": val["macro_f1"], "val_acc": val["accuracy"]}
+
+
+def _recalibrate(run: _Run, epoch: int) -> None:
     """BatchNorm statistics from ``cfg.bn_recalibrate`` clean training batches, drawn with a generator of
     their own (so the training stream, and resuming, are unaffected)."""
+    cfg, ddp = run.cfg, run.ddp
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    batches = iterate_batches(data.train_images, data.train_labels, cfg.batch_size // ddp.world_size, shuffle=True,
-                              generator=generator, rank=ddp.rank, world_size=ddp.world_size, device=device)
-    clean = (augment(images, train=False) for images, _ in itertools.islice(batches, cfg.bn_recalibrate))
-    recalibrate_batchnorm(model, clean)
+    batches = iterate_batches(run.data.train_images, run.data.train_labels, cfg.batch_size // ddp.world_size,
+                              shuffle=True, generator=generator, rank=ddp.rank, world_size=ddp.world_size,
+                              device=run.device)
+    clean = (run.augment(images, train=False) for images, _ in itertools.islice(batches, cfg.bn_recalibrate))
+    recalibrate_batchnorm(run.model, clean)
+
+
+def _record(run: _Run, epoch: int, row: dict[str, Any]) -> bool:
+    """Add the epoch's row (metrics.csv's column order) and mark it done; whether it is the best so far."""
+    run.rows.append({k: row[k] for k in METRIC_COLUMNS + [k for k in row if k not in METRIC_COLUMNS]})
+    if not all(torch.isfinite(p).all() for p in run.model.parameters()):
+        raise TrainingError(
+            f"non-finite weights after epoch {epoch}; checkpoints keep the state after epoch {epoch - 1}. "
+            f"Lower the learning rate"
+        )
+    run.epoch = epoch
+    is_best = row["val_f1"] > run.best["val_f1"]
+    if is_best:
+        run.best = {"val_f1": row["val_f1"], "epoch": epoch}
+    return is_best
+
+
+def _write_epoch(run: _Run, writer: Any, is_best: bool) -> None:
+    """Rank 0's files of a finished epoch, in an order that a kill at any point leaves resumable."""
+    row, epoch = run.rows[-1], run.epoch
+    for key, value in row.items():
+        if key != "epoch":
+            writer.add_scalar(key, value, epoch)
+    writer.flush()
+    pause_point("epoch-trained", epoch)
+    # The trace before last.pt: a resume from last.pt must find this epoch's rows in it.
+    if run.trace:
+        write_trace(run.out / TRACE_FILE, run.trace)
+    # best.pt first: a crash between the two writes then only repeats this epoch on resume.
+    # best.pt is for use and sharing: no optimizer or other resume state (resuming reads last.pt).
+    state = _checkpoint(run)
+    if is_best:
+        save_checkpoint(run.best_path, inference_checkpoint(state))
+        pause_point("best-written", epoch)
+    save_checkpoint(run.last_path, state)
+    pause_point("last-written", epoch)
+    write_metrics(run.out / METRICS_FILE, run.rows)
+    pause_point("epoch-done", epoch)
+    noise = f" noise {row['noise_on']:.2f}" if run.noise.method != "none" else ""
+    run.log(
+        f"epoch {epoch}/{run.cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+        f"val F1 {row['val_f1']:.4f}  acc {row['val_acc']:.4f}{noise}  {row['seconds']:.1f}s"
+    )
+
+
+def _summarise(run: _Run) -> dict[str, Any]:
+    """summary.json: the best and final epochs, and the test score of best.pt where there is a test split."""
+    cfg, rows, packed = run.cfg, run.rows, run.data.packed
+    summary: dict[str, Any] = {
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "epochs": len(rows),
+        "best_val_f1": run.best["val_f1"],
+        "best_epoch": run.best["epoch"],
+        "final_val_f1": float(rows[-1]["val_f1"]),
+        "final_val_acc": float(rows[-1]["val_acc"]),
+        "final_train_loss": float(rows[-1]["train_loss"]),
+        "seconds": sum(float(r["seconds"]) for r in rows),
+        "classes": list(packed.classes),
+    }
+    test = packed.splits.get("test")
+    if test is not None and len(test.labels) and run.best_path.is_file():
+        model = model_from_checkpoint(load_checkpoint(run.best_path), run.best_path).to(run.device)
+        scores = evaluate_arrays(model, test.images, test.labels, len(packed.classes), run.augment, run.device,
+                                 cfg.eval_batch_size, cfg.tta_flip)
+        summary.update(test_f1=scores["macro_f1"], test_acc=scores["accuracy"])
+    return summary
+
+
+# --------------------------------------------------------------------------- an epoch's running numbers
+
+
+class _EpochStats:
+    """Loss, running macro-F1 and skipped steps of one epoch, kept on the device.
+
+    Per-step loss x batch size stays on the device: no host sync per step. Losses are
+    checked for NaN/inf when the progress bar refreshes (every :data:`CHECK_EVERY` steps).
+    """
+
+    def __init__(self, total: int, num_classes: int, device: torch.device, ddp: Distributed) -> None:
+        self.ddp = ddp
+        self.weighted_losses = torch.zeros(total, dtype=torch.float64, device=device)
+        self.running = RunningF1(num_classes)
+        self.seen, self.skipped = 0, 0
+        self.start = time.perf_counter()
+
+    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, skipped: bool) -> None:
+        if skipped:
+            self.skipped += 1
+            return
+        self.weighted_losses[step - 1] = loss * len(labels)
+        self.seen += len(labels)
+        self.running.update(logits.argmax(1), labels)
+
+    def so_far(self, step: int, epoch: int) -> tuple[float, float, float]:
+        """Mean loss, macro-F1 and images per second up to ``step`` (raises at a non-finite loss)."""
+        loss_sum = _checked_loss_sum(self.weighted_losses[:step], epoch, self.ddp)
+        return loss_sum / max(self.seen, 1), self.running.compute(), self.seen / (time.perf_counter() - self.start)
+
+    def row(self, epoch: int) -> dict[str, Any]:
+        """The epoch's train loss and macro-F1 over all ranks, and its seconds."""
+        loss_sum, seen = float(self.weighted_losses.sum()), self.seen
+        if self.ddp.enabled:
+            loss_sum, seen = (float(v) for v in self.ddp.sum_(torch.tensor([loss_sum, seen], dtype=torch.float64)))
+            self.running.all_reduce_()
+        if seen == 0:
+            raise TrainingError(f"every training step of epoch {epoch} had a non-finite loss; nothing was learned")
+        return {"epoch": epoch, "train_loss": loss_sum / seen, "train_f1": self.running.compute(),
+                "seconds": time.perf_counter() - self.start}
 
 
 def _checked_loss_sum(weighted_losses: torch.Tensor, epoch: int, ddp: Distributed) -> float:
@@ -490,66 +569,27 @@ def _checked_loss_sum(weighted_losses: torch.Tensor, epoch: int, ddp: Distribute
     return loss_sum
 
 
-def _resume(
-    last_path: Path,
-    out: Path,
-    cfg: TrainConfig,
-    packed: PackedData,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler],
-    controller: NoiseController,
-    generator: torch.Generator,
-    device: torch.device,
-) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
-    try:
-        state = load_checkpoint(last_path, resume=True)
-    except CheckpointError as exc:
-        raise TrainingError(f"cannot resume: {exc}") from None
-    changed = config_changes(state["config"], cfg, ignore=("epochs", *SPEED_ONLY))
-    if changed:
-        diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-        raise TrainingError(f"cannot resume {out} with a different configuration ({diffs})")
-    if list(state["classes"]) != list(packed.classes):
-        raise TrainingError(
-            f"cannot resume {out}: its checkpoint has classes {state['classes']} but the data now has {packed.classes}"
-        )
-    model.load_state_dict(state["state_dict"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler"):
-        scheduler.load_state_dict(state["scheduler"])
-        _fit_schedule(scheduler, optimizer, cfg.epochs)
-    controller.load_state_dict(state["noise"])
-    _set_rng_state(state["rng"], generator, device)
-    return state["epoch"] + 1, state["best"], list(state["metrics"])
+class _Progress:
+    """tqdm bar per epoch (loss, running F1, images/s), or nothing when quiet."""
 
+    def __init__(self, quiet: bool, total: int, epoch: int, epochs: int) -> None:
+        self.bar = None
+        if not quiet:
+            from tqdm.auto import tqdm
 
-def _summarise(
-    cfg: TrainConfig,
-    rows: list[dict[str, Any]],
-    best: dict[str, Any],
-    best_path: Path,
-    packed: PackedData,
-    augment: Augmenter,
-    device: torch.device,
-) -> dict[str, Any]:
-    summary: dict[str, Any] = {
-        "method": cfg.method,
-        "seed": cfg.seed,
-        "epochs": len(rows),
-        "best_val_f1": best["val_f1"],
-        "best_epoch": best["epoch"],
-        "final_val_f1": float(rows[-1]["val_f1"]),
-        "final_val_acc": float(rows[-1]["val_acc"]),
-        "final_train_loss": float(rows[-1]["train_loss"]),
-        "seconds": sum(float(r["seconds"]) for r in rows),
-        "classes": list(packed.classes),
-    }
-    test = packed.splits.get("test")
-    if test is not None and len(test.labels) and best_path.is_file():
-        model = model_from_checkpoint(load_checkpoint(best_path), best_path).to(device)
-        scores = evaluate_arrays(
-            model, test.images, test.labels, len(packed.classes), augment, device, cfg.eval_batch_size, cfg.tta_flip
-        )
-        summary.update(test_f1=scores["macro_f1"], test_acc=scores["accuracy"])
-    return summary
+            self.bar = tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def show(self, loss: float, f1: float, images_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", f1=f"{f1:.3f}", img_s=f"{images_per_s:.0f}", refresh=False)
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update()

@@ -19,7 +19,6 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -39,39 +38,12 @@ from fernoise.data.formats import (
     open_tree,
     read_listing,
 )
+from fernoise.data.packed import SPLITS, PackedData, Split, channel_stats, class_counts
+from fernoise.data import synthetic
 from fernoise.io import OutputError, atomic_write, exclusive, write_text_atomic
 
 CACHE_FORMAT = 1
-_SPLIT_ORDER = ("train", "val", "test")
 _SERIAL_BELOW = 512  # items; a process pool costs more than it saves below this
-
-
-@dataclass
-class Split:
-    images: np.ndarray  # uint8 (N, H, W, C), possibly a read-only memmap
-    labels: np.ndarray  # int64 (N,)
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-@dataclass
-class PackedData:
-    """A data set ready for training: see the data contract in docs/ARCHITECTURE.md."""
-
-    classes: list[str]
-    splits: dict[str, Split]
-    size: int
-    channels: int
-    mean: list[float]
-    std: list[float]
-    meta: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None  # the cache directory, when loaded from one
-    reused: bool = False  # True when load_data used an existing cache instead of rebuilding
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
 
 # --------------------------------------------------------------------------- options and keys
@@ -278,25 +250,11 @@ def _carve_val(items: list[Item], fraction: float, seed: int) -> tuple[list[Item
     return carved, note
 
 
-def _channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units, streamed so a memmap is never loaded whole."""
-    total = np.zeros(images.shape[-1])
-    squares = np.zeros(images.shape[-1])
-    for start in range(0, len(images), chunk):
-        block = np.asarray(images[start:start + chunk], dtype=np.float64) / 255.0
-        total += block.sum(axis=(0, 1, 2))
-        squares += np.square(block).sum(axis=(0, 1, 2))
-    count = max(1, images.shape[0] * images.shape[1] * images.shape[2])
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-    return [round(float(m), 6) for m in mean], [round(float(max(s, 1e-6)), 6) for s in std]
-
-
 def _decode_all(tree: Tree, listing: Listing, out_dir: Path, *, size: int, channels: int | None, margin: float,
                 skip_bad: bool, workers: int, progress: bool) -> tuple[dict[str, Split], int]:
     """Decode every item into the output arrays; returns the splits and the clipped-box count."""
     items = listing.items
-    counts = {s: sum(1 for it in items if it.split == s) for s in _SPLIT_ORDER}
+    counts = {s: sum(1 for it in items if it.split == s) for s in SPLITS}
     output = _Output(out_dir, {s: n for s, n in counts.items() if n}, size, channels)
     label_index = {name: i for i, name in enumerate(listing.classes)}
     errors: list[tuple[str, str]] = []
@@ -343,13 +301,6 @@ def _sample_grid(split: Split, classes: list[str], per_class: int = 8, tile: int
             face_img = Image.fromarray(face[:, :, 0] if face.shape[2] == 1 else face).convert("RGB")
             grid.paste(face_img.resize((tile, tile), Image.Resampling.BILINEAR), (label_width + col * tile, row * tile))
     return grid
-
-
-def _class_counts(splits: Mapping[str, Split], classes: list[str]) -> dict[str, dict[str, int]]:
-    return {
-        name: dict(zip(classes, (int(c) for c in np.bincount(split.labels, minlength=len(classes)))))
-        for name, split in splits.items()
-    }
 
 
 def summary_text(meta: Mapping[str, Any]) -> str:
@@ -442,7 +393,7 @@ def _build(path: Path, tree: Tree, layout: Layout, options: Mapping[str, Any], f
     listing = read_listing(tree, layout, affectnet_classes=options["affectnet_classes"],
                            class_map=options["class_map"], skip_bad=options["skip_bad"])
     items = listing.items
-    source_splits = [name for name in _SPLIT_ORDER if any(item.split == name for item in items)]
+    source_splits = [name for name in SPLITS if any(item.split == name for item in items)]
     if "train" in source_splits and "val" not in source_splits:
         items, note = _carve_val(items, options["val_fraction"], options["split_seed"])
         listing.items = items
@@ -452,13 +403,13 @@ def _build(path: Path, tree: Tree, layout: Layout, options: Mapping[str, Any], f
             tree, listing, tmp, size=options["size"], channels=options["channels"], margin=options["margin"],
             skip_bad=options["skip_bad"], workers=workers or _default_workers(), progress=progress,
         )
-        for name in _SPLIT_ORDER:
+        for name in SPLITS:
             if any(item.split == name for item in items) and name not in splits:
                 listing.notes.append(f"the {name} split has no readable images and was left out")
         channels = next(iter(splits.values())).images.shape[3]
         stats_split = "train" if "train" in splits else next(iter(splits))
-        mean, std = _channel_stats(splits[stats_split].images)
-        counts = _class_counts(splits, listing.classes)
+        mean, std = channel_stats(splits[stats_split].images)
+        counts = class_counts(splits, listing.classes)
         empty = [c for c, n in counts.get("train", {}).items() if n == 0]
         if empty:
             listing.notes.append(f"no training images for: {', '.join(empty)}")
@@ -506,9 +457,7 @@ def prepare(source: str | os.PathLike[str], *, size: int = 48, out: str | os.Pat
 
 
 def _synthetic(options: Mapping[str, Any]) -> PackedData:
-    from fernoise.data.synthetic import make_synthetic
-
-    return make_synthetic(size=options["size"], channels=options["channels"] or 1, seed=options["split_seed"])
+    return synthetic.make_synthetic(size=options["size"], channels=options["channels"] or 1, seed=options["split_seed"])
 
 
 def _prepare_synthetic(options: Mapping[str, Any], out: Path, *, quiet: bool) -> PackedData:
@@ -519,7 +468,7 @@ def _prepare_synthetic(options: Mapping[str, Any], out: Path, *, quiet: bool) ->
         "cache_format": CACHE_FORMAT, "classes": data.classes, "size": data.size, "channels": data.channels,
         "mean": [float(m) for m in data.mean], "std": [float(s) for s in data.std], "options": dict(options),
         "splits": {name: len(split) for name, split in data.splits.items()},
-        "class_counts": _class_counts(data.splits, data.classes),
+        "class_counts": class_counts(data.splits, data.classes),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with _building(out) as tmp:

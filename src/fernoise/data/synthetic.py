@@ -17,12 +17,9 @@ import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from fernoise.data.cache import PackedData
+from fernoise.data.packed import SPLITS, PackedData, Split, channel_stats, class_counts
 
 SYNTHETIC_CLASSES: list[str] = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
 
@@ -440,10 +437,8 @@ def make_synthetic(
     val split is identical whatever the train size. mean/std come from the train split
     (or the first split when there is none).
     """
-    from fernoise.data.cache import PackedData, Split, _channel_stats, _class_counts
-
     sizes = dict(DEFAULT_SPLIT_SIZES if split_sizes is None else split_sizes)
-    unknown = set(sizes) - {"train", "val", "test"}
+    unknown = set(sizes) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown split names {sorted(unknown)}; expected train, val, test")
     if not sizes or any(n < 0 for n in sizes.values()) or sum(sizes.values()) == 0:
@@ -457,7 +452,7 @@ def make_synthetic(
         flipped[name] = int((clean != observed).sum())
 
     stats_split = "train" if sizes.get("train") else next(k for k, n in sizes.items() if n)
-    mean, std = _channel_stats(splits[stats_split].images)
+    mean, std = channel_stats(splits[stats_split].images)
     settings = {"version": GENERATOR_VERSION, "seed": seed, "size": size, "channels": channels, "split_sizes": sizes}
     meta = {
         "source": "synthetic",
@@ -466,7 +461,7 @@ def make_synthetic(
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "split_sizes": sizes,
-        "class_counts": _class_counts(splits, SYNTHETIC_CLASSES),
+        "class_counts": class_counts(splits, SYNTHETIC_CLASSES),
         "label_noise": {"rate": LABEL_NOISE, "flipped": flipped},
         "stats_split": stats_split,
         "skipped": [],

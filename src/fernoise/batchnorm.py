@@ -1,0 +1,58 @@
+"""BatchNorm utilities: clean running statistics after noisy training, and folding for inference."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from fernoise.models import BasicBlock, ResNet
+
+__all__ = ["recalibrate_batchnorm", "fold_batchnorm"]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Re-estimate every BatchNorm's running statistics from clean forward passes of ``batches``.
+
+    During noisy training steps the BatchNorm layers after an injection point update
+    their running statistics with noisy features, and evaluation normalises with them.
+    Here the statistics are reset and recomputed as the plain average over the given
+    batches (``momentum=None``), with all noise, dropout and everything else but the
+    BatchNorm layers in eval mode. The model's training mode is restored afterwards.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training, momenta = model.training, [bn.momentum for bn in norms]
+    model.eval()
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.training = True  # not .train(): inject_noise puts the noise inside the BN module
+    for inputs in batches:
+        model(inputs)
+    for bn, momentum in zip(norms, momenta):
+        bn.momentum = momentum
+    model.train(was_training)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold each BatchNorm of fernoise's ResNet into the convolution before it, for inference.
+
+    Only valid in eval mode (BatchNorm then is a fixed affine map); the injection points
+    sit after the BatchNorm and keep working on the folded output. Other networks are
+    returned unchanged. Works in place and returns ``model`` in eval mode.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model.eval()
+    if not isinstance(model, ResNet):
+        return model
+    model.conv1, model.bn1 = fuse_conv_bn_eval(model.conv1, model.bn1), nn.Identity()
+    for module in model.modules():
+        if isinstance(module, BasicBlock):
+            module.conv1, module.bn1 = fuse_conv_bn_eval(module.conv1, module.bn1), nn.Identity()
+            module.conv2, module.bn2 = fuse_conv_bn_eval(module.conv2, module.bn2), nn.Identity()
+            if module.downsample is not None:
+                module.downsample = fuse_conv_bn_eval(module.downsample[0], module.downsample[1])
+    return model

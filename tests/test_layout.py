@@ -1,0 +1,72 @@
+"""The source layout of docs/ARCHITECTURE.md: imports go downwards only, privates stay private."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in (SRC / "fernoise").rglob("*.py"):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, str]]:
+    """``(module, imported name)`` of every fernoise import in the file, function-level ones included."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(max(node.level - 1, 0)):
+                base = base.rpartition(".")[0]
+            target = (base + ("." + node.module if node.module else "")) if node.level else (node.module or "")
+            for alias in node.names:
+                submodule = f"{target}.{alias.name}"
+                found.append((submodule, "") if submodule in modules else (target, alias.name))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, "") for alias in node.names]
+    return [(module, item) for module, item in found if module in modules and module != name]
+
+
+def test_imports_form_no_cycle_and_no_module_imports_another_modules_private_names():
+    modules = _modules()
+    graph = {name: set() for name in modules}
+    private = []
+    for name, path in modules.items():
+        for module, item in _imports(name, path, modules):
+            graph[name].add(module)
+            if item.startswith("_") and not item.startswith("__"):
+                private.append(f"{name} imports {module}.{item}")
+    assert private == []
+
+    done, active, cycles = set(), [], []
+
+    def visit(name: str) -> None:
+        if name in active:
+            cycles.append(active[active.index(name):] + [name])
+            return
+        if name in done:
+            return
+        active.append(name)
+        for module in sorted(graph[name]):
+            visit(module)
+        active.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
+    assert cycles == []
+
+
+def test_every_module_says_its_job_in_its_first_docstring_line_and_is_in_the_architecture_table():
+    table = (SRC.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    for name, path in _modules().items():
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+        assert doc and doc.splitlines()[0].strip(), f"{path}: no docstring"
+        if path.name not in ("__init__.py", "__main__.py"):
+            assert f"`{path.relative_to(SRC)}`" in table, f"{path.relative_to(SRC)} missing from docs/ARCHITECTURE.md"
