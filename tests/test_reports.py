@@ -12,7 +12,9 @@ import yaml
 from PIL import Image
 
 from fernoise.reports import (
+    PAPER_CLAIMS,
     RunFormatError,
+    check_claim,
     compare_to_baseline,
     load_run,
     load_runs,
@@ -214,6 +216,53 @@ def test_single_seed_has_no_ci(tmp_path: Path):
     assert row["val_f1_diff_std"] is None and row["val_f1_diff_ci_low"] is None
     report = write_report(runs, tmp_path / "out", "cmd", "data").read_text()
     assert "n/a" in report and "seeds [1] have no ResNet-18 run" in report
+
+
+def _runs_with_best_f1(root: Path, best: dict[str, list[float]]) -> list:
+    """One run per method and seed whose summary's best val F1 is the given value."""
+    for method, values in best.items():
+        for seed, value in enumerate(values):
+            run = make_run(root, method, seed)
+            summary = json.loads((run / "summary.json").read_text())
+            (run / "summary.json").write_text(json.dumps({**summary, "best_val_f1": value}))
+    return load_runs([root])
+
+
+def test_the_papers_claims_get_verdicts_from_paired_intervals(tmp_path: Path):
+    base = np.array([0.50, 0.40, 0.45])
+    runs = _runs_with_best_f1(tmp_path / "runs", {
+        "baseline": list(base),
+        "periodic": list(base + [0.04, 0.05, 0.06]),  # clearly better: holds
+        "dropout": list(base + [-0.03, -0.02, -0.025]),  # clearly worse: "not better" holds
+        "dynamic": list(base + [0.04, 0.05, 0.06] + [0.01, -0.01, 0.005]),  # around periodic: similar holds
+        "dropout+periodic": list(base + [-0.03, -0.02, -0.025] + [-0.05, -0.06, -0.055]),  # worse than dropout
+    })
+    claims = {claim.method: check_claim(claim, runs) for claim in PAPER_CLAIMS}
+    assert claims["periodic"]["verdict"] == "holds"
+    assert claims["dropout"]["verdict"] == "holds: worse"
+    assert claims["dynamic"]["verdict"] == "holds: the interval contains 0"
+    assert claims["dropout+periodic"]["verdict"] == "contradicted: worse"
+    diffs = np.array([0.01, -0.01, 0.005])  # dynamic - periodic, by seed
+    half = 4.303 * diffs.std(ddof=1) / math.sqrt(3)  # t(0.975, 2 df)
+    assert claims["dynamic"]["n"] == 3 and claims["dynamic"]["mean"] == pytest.approx(diffs.mean())
+    assert claims["dynamic"]["low"] == pytest.approx(diffs.mean() - half, rel=1e-3)
+    assert claims["dynamic"]["high"] == pytest.approx(diffs.mean() + half, rel=1e-3)
+    report = write_report(runs, tmp_path / "out", "cmd", "data").read_text()
+    section = report.split("## The paper's claims")[1].split("\n## ")[0]
+    assert section.count("| holds") == 3 and section.count("| contradicted: worse |") == 1
+
+
+def test_claims_without_an_interval_get_no_verdict(tmp_path: Path):
+    runs = _runs_with_best_f1(tmp_path / "runs", {
+        "baseline": [0.4, 0.5],
+        "periodic": [0.9],  # one pair: no interval, however large the gain
+        "dropout": [0.41, 0.52],  # better on both seeds, but the interval contains 0
+    })
+    claims = {claim.method: check_claim(claim, runs) for claim in PAPER_CLAIMS}
+    assert claims["periodic"]["verdict"] == "one seed: no interval, no verdict" and claims["periodic"]["n"] == 1
+    assert claims["dropout"]["verdict"] == "holds: no gain shown" and claims["dropout"]["low"] < 0
+    assert claims["dynamic"]["verdict"] == "not measured (no paired runs)" and claims["dynamic"]["n"] == 0
+    assert claims["dropout+periodic"]["verdict"] == "not measured (no paired runs)"
 
 
 def test_t_quantile_against_scipy():

@@ -79,6 +79,25 @@ COMPARED: tuple[tuple[str, str, str], ...] = (
 )
 
 
+
+
+class Claim(NamedTuple):
+    method: str
+    reference: str
+    expected: str  # "better", "not better" or "similar": the claimed sign of method - reference in max val F1
+    text: str  # the paper's claim, in our words, with where it makes it
+
+
+# The paper's claims about its comparison (sections 4.3-4.5); report.md checks each on the runs it has.
+PAPER_CLAIMS: tuple[Claim, ...] = (
+    Claim("periodic", "baseline", "better", "periodic noise improves on the baseline (section 4.3, Table 1)"),
+    Claim("dropout", "baseline", "not better", "dropout alone does not improve on the baseline (section 4.4)"),
+    Claim("dynamic", "periodic", "similar", "dynamic noise performs about as well as periodic noise (section 4.5)"),
+    Claim("dropout+periodic", "dropout", "better",
+          "periodic noise improves a network that already has dropout (section 4.4, Figs. 7-8)"),
+)
+
+
 class RunFormatError(ValueError):
     """A run directory is missing a file or holds a malformed one; the message names it."""
 
@@ -363,6 +382,46 @@ def compare_to_baseline(
             row[f"{key}_diff_ci_high"] = None if half is None else mean + half
         rows.append(row)
     return rows
+
+
+def check_claim(claim: Claim, runs: Sequence[RunRecord], confidence: float = 0.95) -> dict[str, Any]:
+    """The seed-paired difference (method - reference) of max val F1 behind ``claim``, and a verdict.
+
+    With an interval: ``better`` holds when it lies above 0 and is contradicted below 0;
+    ``not better`` is contradicted only above 0; ``similar`` holds when it contains 0 (the
+    interval's width says how similar that can be shown to be) and is contradicted otherwise.
+    Anything else, or a single pair (no interval), is "not shown" / "one seed". Keys:
+    ``n``, ``mean``, ``low``, ``high`` (None where undefined) and ``verdict``.
+    """
+    row = next((r for r in compare_to_baseline(runs, claim.reference, confidence) if r["method"] == claim.method),
+               None)
+    if row is None or row["n"] == 0:
+        return {"n": 0, "mean": None, "low": None, "high": None, "verdict": "not measured (no paired runs)"}
+    mean, low, high = row["val_f1_diff_mean"], row["val_f1_diff_ci_low"], row["val_f1_diff_ci_high"]
+    result = {"n": row["n"], "mean": mean, "low": low, "high": high}
+    if low is None:
+        return {**result, "verdict": "one seed: no interval, no verdict"}
+    above, below = low > 0, high < 0
+    if claim.expected == "better":
+        verdict = "holds" if above else "contradicted: worse" if below else "not shown: the interval contains 0"
+    elif claim.expected == "not better":
+        verdict = "contradicted: better" if above else "holds: worse" if below else "holds: no gain shown"
+    else:
+        verdict = "contradicted: different" if above or below else "holds: the interval contains 0"
+    return {**result, "verdict": verdict}
+
+
+def _claims_markdown(runs: Sequence[RunRecord], confidence: float = 0.95) -> str:
+    lines = [f"| The paper's claim | Δ max val F1 (method − reference) | {confidence:.0%} CI | paired seeds | verdict |",
+             "|---|---|---|---|---|"]
+    for claim in PAPER_CLAIMS:
+        c = check_claim(claim, runs, confidence)
+        mean = "—" if c["mean"] is None else f"{c['mean']:+.4f}"
+        interval = "n/a" if c["low"] is None else f"[{c['low']:+.4f}, {c['high']:+.4f}]"
+        lines.append(f"| {claim.text} | {mean} | {interval} | {c['n']} | {c['verdict']} |")
+    return ("Each claim as a seed-paired difference in max validation macro-F1 with a t interval. A verdict "
+            "holds or is contradicted only when the interval says so; with few seeds most intervals are wide, "
+            "so \"not shown\" is a common and honest outcome.\n\n" + "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -756,6 +815,7 @@ def write_report(
         parts.append(f"## Difference to {baseline_label}\n\n" + _comparison_markdown(comparison, baseline_label))
     else:
         parts.append(f"## Difference to {baseline_label}\n\nNo baseline runs: comparison skipped.")
+    parts.append("## The paper's claims\n\n" + _claims_markdown(runs))
     figure_text = "\n\n".join(f"### {caption}\n\n![{caption}]({name})" for name, caption in figures)
     if skipped:
         figure_text += "\n\nSkipped (methods missing):\n\n" + "\n".join(f"- {note}" for note in skipped)
