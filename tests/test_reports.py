@@ -234,13 +234,13 @@ def test_the_papers_claims_get_verdicts_from_paired_intervals(tmp_path: Path):
         "baseline": list(base),
         "periodic": list(base + [0.04, 0.05, 0.06]),  # clearly better: holds
         "dropout": list(base + [-0.03, -0.02, -0.025]),  # clearly worse: "not better" holds
-        "dynamic": list(base + [0.04, 0.05, 0.06] + [0.01, -0.01, 0.005]),  # around periodic: similar holds
+        "dynamic": list(base + [0.04, 0.05, 0.06] + [0.01, -0.01, 0.005]),  # around periodic: not contradicted
         "dropout+periodic": list(base + [-0.03, -0.02, -0.025] + [-0.05, -0.06, -0.055]),  # worse than dropout
     })
     claims = {claim.method: check_claim(claim, runs) for claim in PAPER_CLAIMS}
     assert claims["periodic"]["verdict"] == "holds"
     assert claims["dropout"]["verdict"] == "holds: worse"
-    assert claims["dynamic"]["verdict"] == "holds: the interval contains 0"
+    assert claims["dynamic"]["verdict"] == "not contradicted: the interval contains 0"
     assert claims["dropout+periodic"]["verdict"] == "contradicted: worse"
     diffs = np.array([0.01, -0.01, 0.005])  # dynamic - periodic, by seed
     half = 4.303 * diffs.std(ddof=1) / math.sqrt(3)  # t(0.975, 2 df)
@@ -249,7 +249,8 @@ def test_the_papers_claims_get_verdicts_from_paired_intervals(tmp_path: Path):
     assert claims["dynamic"]["high"] == pytest.approx(diffs.mean() + half, rel=1e-3)
     report = write_report(runs, tmp_path / "out", "cmd", "data").read_text()
     section = report.split("## The paper's claims")[1].split("\n## ")[0]
-    assert section.count("| holds") == 3 and section.count("| contradicted: worse |") == 1
+    assert section.count("| holds") == 2 and section.count("| contradicted: worse |") == 1
+    assert "| not contradicted: the interval contains 0 |" in section
 
 
 def test_claims_without_an_interval_get_no_verdict(tmp_path: Path):
@@ -263,6 +264,39 @@ def test_claims_without_an_interval_get_no_verdict(tmp_path: Path):
     assert claims["dropout"]["verdict"] == "holds: no gain shown" and claims["dropout"]["low"] < 0
     assert claims["dynamic"]["verdict"] == "not measured (no paired runs)" and claims["dynamic"]["n"] == 0
     assert claims["dropout+periodic"]["verdict"] == "not measured (no paired runs)"
+
+
+def test_report_command_reports_the_finished_runs_and_names_the_unfinished(
+        full_grid: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    from fernoise.cli import main
+
+    (full_grid / "dynamic-s2" / "summary.json").unlink()  # still training
+    for run in full_grid.iterdir():
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        epochs = 4 if run.name == "periodic-s0" else 6
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "data": "fer.tar.gz", "lr": 1e-4, "epochs": epochs}))
+    out = tmp_path / "out"
+    assert main(["report", str(full_grid), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"not finished, left out: {full_grid / 'dynamic-s2'}" in printed
+    report = (out / "report.md").read_text()
+    assert "fer.tar.gz: " in report and "lr 0.0001" in report and "epochs 4/6" in report
+    assert "seeds [0, 1, 2]" in report and f"Not finished, left out**: {full_grid / 'dynamic-s2'}" in report
+    assert "| +Dynamic | 2 |" in report  # two finished dynamic runs paired with the baseline
+    with open(out / "table1.csv", newline="") as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert rows["dynamic"]["seeds"] == "0;1" and rows["periodic"]["seeds"] == "0;1;2"
+    assert (out / "fig11_f1_periodic_vs_dynamic.png").is_file()
+
+
+def test_report_command_without_finished_runs_says_so(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from fernoise.cli import main
+
+    run = make_run(tmp_path / "runs", "baseline", 0)
+    (run / "summary.json").unlink()
+    assert main(["report", str(tmp_path / "runs")]) == 2
+    assert "no finished runs (with summary.json) yet" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "report.md").exists()
 
 
 def test_t_quantile_against_scipy():

@@ -1,10 +1,11 @@
-"""The ``fernoise`` command: its arguments and commands (prepare, train, evaluate, reproduce, trace-autorelu, predict, export)."""
+"""The ``fernoise`` command: its arguments and commands (prepare, train, evaluate, reproduce, report, trace-autorelu, predict, export)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -84,7 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fernoise {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_train, _add_evaluate, _add_reproduce, _add_trace_autorelu, _add_predict, _add_export):
+    for add in (_add_prepare, _add_train, _add_evaluate, _add_reproduce, _add_report, _add_trace_autorelu, _add_predict, _add_export):
         add(sub)
     return parser
 
@@ -147,6 +148,18 @@ def _add_reproduce(sub: Any) -> None:
                    help="runs trained at once, in separate processes sharing the device(s) (default 1)")
     r.add_argument("--quiet", action="store_true")
     _train_options(r)
+
+
+def _add_report(sub: Any) -> None:
+    r = sub.add_parser(
+        "report", help="Table 1, figures and report.md from run folders, as reproduce writes them",
+        description="Write table1.md/csv, the paper's figures and report.md (paired differences, the paper's claims, "
+        "dynamic noise) from the finished runs found under the given folders: a grid still training, runs trained "
+        "one by one with `train` or torchrun, or runs gathered from several machines. Unfinished runs are left out "
+        "and named.",
+    )
+    r.add_argument("runs", nargs="+", metavar="RUNS", help="run folders, or folders to search for them")
+    r.add_argument("--out", help="where to write (default: the first RUNS folder)")
 
 
 def _add_trace_autorelu(sub: Any) -> None:
@@ -276,6 +289,18 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fernoise.reports import report_folders
+
+    command = "fernoise report " + " ".join(map(shlex.quote, args.runs))
+    command += f" --out {shlex.quote(args.out)}" if args.out else ""
+    report, unfinished = report_folders(args.runs, Path(args.out or args.runs[0]), command)
+    for path in unfinished:
+        print(f"not finished, left out: {path}")
+    print(f"report written to {report}")
+    return 0
+
+
 def _cmd_trace_autorelu(args: argparse.Namespace) -> int:
     from fernoise.config import preset_path, resolve_config
     from fernoise.reports import write_trace_report
@@ -363,7 +388,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate, "reproduce": _cmd_reproduce,
-    "trace-autorelu": _cmd_trace_autorelu, "predict": _cmd_predict, "export": _cmd_export,
+    "report": _cmd_report, "trace-autorelu": _cmd_trace_autorelu, "predict": _cmd_predict, "export": _cmd_export,
 }
 
 

@@ -224,18 +224,55 @@ def load_run(run_dir: PathLike) -> RunRecord:
     )
 
 
-def load_runs(paths: Iterable[PathLike]) -> list[RunRecord]:
-    """Load run directories; a path that is not itself a run is searched for runs below it."""
-    runs = []
+def find_run_dirs(paths: Iterable[PathLike]) -> list[Path]:
+    """The run directories given, or found below the given paths (any folder with a config.yaml)."""
+    dirs = []
     for given in map(Path, paths):
         if (given / "config.yaml").is_file():
-            runs.append(load_run(given))
+            dirs.append(given)
             continue
         found = sorted(p.parent for p in given.rglob("config.yaml")) if given.is_dir() else []
         if not found:
             raise RunFormatError(f"{given}: no run directories (with config.yaml) found")
-        runs.extend(load_run(p) for p in found)
-    return runs
+        dirs.extend(found)
+    return dirs
+
+
+def load_runs(paths: Iterable[PathLike]) -> list[RunRecord]:
+    """Load run directories; a path that is not itself a run is searched for runs below it."""
+    return [load_run(path) for path in find_run_dirs(paths)]
+
+
+# What report.md's "Data" line says of the runs: (config key, how it is introduced).
+_DESCRIBED = (("image_size", "image size"), ("augment", "augment"), ("epochs", "epochs"), ("batch_size", "batch"),
+              ("optimizer", "optimizer"), ("lr", "lr"), ("weight_decay", "weight decay"),
+              ("interval", "periodic interval T"), ("interval_unit", "interval unit"))
+
+
+def describe_runs(runs: Sequence[RunRecord]) -> str:
+    """One line on the data and protocol of ``runs``, from their configs; differing values are joined by '/'."""
+    def values(key: str) -> str:
+        return "/".join(sorted({format(run.config[key], "g" if isinstance(run.config[key], float) else "")
+                                for run in runs if key in run.config}))
+
+    parts = [f"{label} {values(key)}" for key, label in _DESCRIBED if values(key)]
+    seeds = sorted({run.seed for run in runs})
+    return f"{values('data') or 'data not recorded'}: " + ", ".join(parts + [f"seeds {seeds}"])
+
+
+def report_folders(paths: Sequence[PathLike], out: PathLike, command: str) -> tuple[Path, list[Path]]:
+    """``report.md``, Table 1 and the figures of the finished runs under ``paths``, written into ``out``.
+
+    Runs without ``summary.json`` (still training, or stopped) are left out and listed in the
+    report; returns the report's path and those runs.
+    """
+    dirs = find_run_dirs(paths)
+    unfinished = [path for path in dirs if not (path / "summary.json").is_file()]
+    runs = [load_run(path) for path in dirs if path not in unfinished]
+    if not runs:
+        raise RunFormatError(f"{', '.join(map(str, paths))}: no finished runs (with summary.json) yet")
+    extra = {"Not finished, left out": ", ".join(map(str, unfinished))} if unfinished else None
+    return write_report(runs, out, command, describe_runs(runs), extra), unfinished
 
 
 # ----------------------------------------------------------------------------- grouping and statistics
@@ -388,8 +425,8 @@ def check_claim(claim: Claim, runs: Sequence[RunRecord], confidence: float = 0.9
     """The seed-paired difference (method - reference) of max val F1 behind ``claim``, and a verdict.
 
     With an interval: ``better`` holds when it lies above 0 and is contradicted below 0;
-    ``not better`` is contradicted only above 0; ``similar`` holds when it contains 0 (the
-    interval's width says how similar that can be shown to be) and is contradicted otherwise.
+    ``not better`` is contradicted only above 0; ``similar`` is contradicted when it excludes 0 and
+    otherwise only "not contradicted" (its width says how similar the methods are shown to be).
     Anything else, or a single pair (no interval), is "not shown" / "one seed". Keys:
     ``n``, ``mean``, ``low``, ``high`` (None where undefined) and ``verdict``.
     """
@@ -407,7 +444,7 @@ def check_claim(claim: Claim, runs: Sequence[RunRecord], confidence: float = 0.9
     elif claim.expected == "not better":
         verdict = "contradicted: better" if above else "holds: worse" if below else "holds: no gain shown"
     else:
-        verdict = "contradicted: different" if above or below else "holds: the interval contains 0"
+        verdict = "contradicted: different" if above or below else "not contradicted: the interval contains 0"
     return {**result, "verdict": verdict}
 
 

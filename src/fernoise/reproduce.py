@@ -17,7 +17,7 @@ import yaml
 
 from fernoise.config import METHODS, PAPER_METHODS, SPEED_ONLY, ConfigError, TrainConfig, config_changes, resolve_config
 from fernoise.io import PathLike
-from fernoise.reports import format_duration, load_runs, write_report
+from fernoise.reports import describe_runs, format_duration, load_runs, write_report
 from fernoise.train import TrainingError, prepare_data, train
 
 
@@ -84,13 +84,7 @@ def reproduce(
         _train_concurrently(todo, jobs, quiet, log)
     runs = load_runs(run_dirs)
     command = command or "fernoise " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    cfg0 = resolve_config(config_file, **{**(overrides or {}), "data": data})
-    description = (
-        f"{data}: image size {cfg0.image_size}, augment {cfg0.augment}, {cfg0.epochs} epochs, batch {cfg0.batch_size}, "
-        f"{cfg0.optimizer} lr {cfg0.lr:g} weight decay {cfg0.weight_decay:g}, periodic interval T={cfg0.interval} "
-        f"{cfg0.interval_unit}s, {seeds} seed(s)"
-    )
-    return write_report(runs, out, command=command, data_description=description)
+    return write_report(runs, out, command=command, data_description=describe_runs(runs))
 
 
 def ensure_run(cfg: TrainConfig, run_dir: Path, quiet: bool, log: Callable[[str], None],
