@@ -708,16 +708,19 @@ def plot_autorelu_trace(trace: Mapping[str, np.ndarray], path: PathLike, title: 
     _save(fig, Path(path))
 
 
+def _trace_title(run: RunRecord) -> str:
+    cfg = run.config
+    return (f"{run.path.name}: AutoReLU grad={cfg.get('autorelu_grad', 'exact')}, init {cfg.get('autorelu_init')}, "
+            f"{cfg.get('optimizer')} lr {cfg.get('lr')} wd {cfg.get('weight_decay')}, seed {run.seed}")
+
+
 def write_trace_report(run_dir: PathLike) -> dict[str, Any]:
     """``autorelu_trace.png`` and ``autorelu_trace.json`` (:func:`trace_stats`) for a traced dynamic run."""
     run = load_run(run_dir)
     if run.trace is None:
         raise RunFormatError(f"{run.path / TRACE_FILE}: missing (only dynamic runs trained without --capture have one)")
     stats = trace_stats(run.trace)
-    cfg = run.config
-    title = (f"{run.path.name}: AutoReLU grad={cfg.get('autorelu_grad', 'exact')}, init {cfg.get('autorelu_init')}, "
-             f"{cfg.get('optimizer')} lr {cfg.get('lr')} wd {cfg.get('weight_decay')}, seed {run.seed}")
-    plot_autorelu_trace(run.trace, run.path / "autorelu_trace.png", title)
+    plot_autorelu_trace(run.trace, run.path / "autorelu_trace.png", _trace_title(run))
     write_text_atomic(run.path / "autorelu_trace.json", json.dumps(stats, indent=2) + "\n")
     return stats
 
@@ -778,8 +781,9 @@ def _write_figures(
 # ----------------------------------------------------------------------------- report
 
 
-def _dynamic_noise_markdown(runs: Sequence[RunRecord]) -> str:
-    """How often each dynamic run was noisy, with a warning for any that never was."""
+def _dynamic_noise_markdown(runs: Sequence[RunRecord], out: Path) -> str:
+    """How often each dynamic run was noisy, a warning for any that never was, and each traced run's
+    per-step AutoReLU figure (written into ``out``)."""
     dynamic = [run for run in runs if run.config.get("method", "").endswith("dynamic")]
     if not dynamic:
         return ""
@@ -806,6 +810,12 @@ def _dynamic_noise_markdown(runs: Sequence[RunRecord]) -> str:
     if never:
         text += ("\n\n**Warning: never noisy:** " + ", ".join(never) + ". These runs trained without any injected "
                  "noise, so they measure the baseline, not dynamic injection.")
+    for run in sorted(dynamic, key=lambda r: (r.method, r.seed)):
+        if run.trace is not None:
+            name = f"autorelu_trace_{_slug(run.method)}-seed{run.seed}.png"
+            plot_autorelu_trace(run.trace, out / name, _trace_title(run))
+            caption = f"AutoReLU per step, {method_info(run.method).label} seed {run.seed}"
+            text += f"\n\n### {caption}\n\n![{caption}]({name})"
     return text
 
 
@@ -860,7 +870,7 @@ def write_report(
         "## Figures\n\nCurves: mean over seeds; band: min–max over seeds; shaded epochs: noise on "
         "(darker = on in more seeds or for more of the epoch).\n\n" + (figure_text or "No figures.")
     )
-    dynamic = _dynamic_noise_markdown(runs)
+    dynamic = _dynamic_noise_markdown(runs, out)
     if dynamic:
         parts.append("## Dynamic noise\n\n" + dynamic)
     run_lines = ["| Method | seed | epochs | best val F1 (epoch) | wall time | directory |", "|" + "---|" * 6]
