@@ -422,8 +422,8 @@ def test_report_counts_the_noisy_steps_of_dynamic_runs_and_warns_about_silent_on
     assert "## Dynamic noise" in report and "| +Dynamic | 0 | exact, None | 3 of 8 (37.5%) | 3 | 3 | 2 |" in report
     assert "**Warning: never noisy:** +Dynamic seed 1." in report
     for seed in (0, 1):  # each traced run's per-step figure, linked from the report
-        assert f"![AutoReLU per step, +Dynamic seed {seed}](autorelu_trace_dynamic-seed{seed}.png)" in report
-        with Image.open(tmp_path / "out" / f"autorelu_trace_dynamic-seed{seed}.png") as image:
+        assert f"![AutoReLU per step, +Dynamic seed {seed}](autorelu_trace_dynamic_seed{seed}.png)" in report
+        with Image.open(tmp_path / "out" / f"autorelu_trace_dynamic_seed{seed}.png") as image:
             assert_plot(image, ["tab:red", "tab:green"])  # (a flat spread line can fall between pixel rows)
     summary = write_trace_report(noisy)
     assert summary == json.loads((noisy / "autorelu_trace.json").read_text()) | {"noisy_share_per_epoch": {1: 0.5,

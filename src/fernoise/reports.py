@@ -812,7 +812,7 @@ def _dynamic_noise_markdown(runs: Sequence[RunRecord], out: Path) -> str:
                  "noise, so they measure the baseline, not dynamic injection.")
     for run in sorted(dynamic, key=lambda r: (r.method, r.seed)):
         if run.trace is not None:
-            name = f"autorelu_trace_{_slug(run.method)}-seed{run.seed}.png"
+            name = f"autorelu_trace_{_slug(run.method)}_seed{run.seed}.png"
             plot_autorelu_trace(run.trace, out / name, _trace_title(run))
             caption = f"AutoReLU per step, {method_info(run.method).label} seed {run.seed}"
             text += f"\n\n### {caption}\n\n![{caption}]({name})"
