@@ -133,6 +133,24 @@ def test_auto_relu_matches_autograd_of_the_composite_formula(x, w):
     torch.testing.assert_close(xt.grad[~at_cliff], expected_grad[~at_cliff], rtol=2.5e-7, atol=tiny)
 
 
+def test_autograd_gives_a_tiny_weight_the_formulas_gradient():
+    """Weights of 1e-7 (the common weight's size when it crosses zero) get the literal formula's
+    gradient residue; a division guard above them would return exactly 0 and hold them in place."""
+    torch.manual_seed(0)
+    x, upstream = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5)
+    w = torch.tensor([1e-7, -3e-7, 0.5], requires_grad=True)
+    auto_relu(x, w, 6.0, grad="autograd").backward(upstream)
+    literal = w.detach().clone().requires_grad_()
+    per_channel = literal.view(1, 3, 1, 1)
+    (cliff_relu(x * per_channel, 6.0) / per_channel.abs()).backward(upstream)
+    assert torch.equal(w.grad, literal.grad)
+    assert (w.grad[:2] != 0).all()  # the residue is there to be kept
+    zero = torch.zeros(3, requires_grad=True)  # the guard still keeps w == 0 finite
+    y = auto_relu(x, zero, 6.0, grad="autograd")
+    y.backward(upstream)
+    assert torch.isfinite(y).all() and torch.isfinite(zero.grad).all()
+
+
 def test_auto_relu_keeps_reduced_precision_and_the_sign_of_a_tiny_weight():
     x = torch.linspace(-3, 3, 24).view(1, 3, 2, 4)
     for dtype in (torch.bfloat16, torch.float16):

@@ -60,7 +60,9 @@ AUTORELU_GRADS: tuple[str, ...] = get_args(AutoReLUGrad)
 DEFAULT_CLIFF = 6.0
 DEFAULT_AUTORELU_INIT = 0.01
 DEFAULT_AUTORELU_GRAD: AutoReLUGrad = "autograd"
-AUTORELU_EPS = 1e-6
+# Division guard: far below any |w| the training reaches by chance (the common weight moves by
+# about 1e-6 per step near zero), since below it w gets no gradient from the formula.
+AUTORELU_EPS = 1e-20
 
 
 # --------------------------------------------------------------------------- functional forms
@@ -96,8 +98,9 @@ def auto_relu(
     ``w`` broadcasts over ``x`` (a scalar or one value per channel of dimension 1).
     In training mode a negative ``w`` gives ``ReLU(-x)`` up to the cliff at
     ``constant / |w|``: the sign-flip noise. Outside training the noise is removed
-    by using ``|w|``: ``CliffReLU(x * |w|) / |w|``. ``|w|`` below ``eps`` is replaced by
-    ``eps`` with ``w``'s sign (zero counts as positive), so no inf or NaN can arise.
+    by using ``|w|``: ``CliffReLU(x * |w|) / |w|``. ``|w|`` below ``eps`` (or below the
+    smallest normal number of ``w``'s dtype) is replaced by it with ``w``'s sign (zero counts
+    as positive), so no inf or NaN can arise.
 
     ``grad`` chooses how the backward pass is computed; the forward values agree up
     to one rounding and the gradient of ``x`` is ``sign(w)`` (1 outside training)
@@ -128,7 +131,10 @@ def _per_channel(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _guarded(w: torch.Tensor, eps: float) -> torch.Tensor:
-    """``w`` with ``|w|`` at least ``eps`` and its sign kept (zero counts as positive)."""
+    """``w`` with ``|w|`` at least ``eps`` (and a normal number of its dtype), its sign kept (zero
+    counts as positive). A guarded weight gets no gradient through the formula: the guard must sit
+    where training never goes (a guard at 1e-6 trapped the common weight, RESULTS.md)."""
+    eps = max(eps, torch.finfo(w.dtype).tiny)
     return torch.where(w.abs() < eps, torch.where(w < 0, -eps, eps).to(w.dtype), w)
 
 
@@ -257,10 +263,14 @@ class AutoReLU(nn.Module):
     AdamW's decoupled decay, shrinks ``w`` geometrically instead and never makes it
     change sign.
 
-    **Division guard.** ``|w|`` below ``1e-6`` (``w == 0`` included) is replaced
-    by ``1e-6`` with ``w``'s sign (zero counts as positive), so no inf or NaN can
-    arise. Sign and cliff are taken from ``w`` in its own precision, so under bf16
-    or fp16 autocast a tiny ``w`` keeps its sign and the output keeps the input's dtype.
+    **Division guard.** ``|w|`` below ``1e-20`` (``w == 0`` included) is replaced
+    by ``1e-20`` with ``w``'s sign (zero counts as positive), so no inf or NaN can
+    arise. The guard is far below where the weight goes: a guarded ``w`` gets no
+    gradient from the formula, so with ``grad="autograd"`` a guard at ``1e-6`` (fernoise
+    before 2026-11-29) held the common weight on one side of zero for good once it came
+    that close (RESULTS.md). Sign and cliff are taken from ``w`` in its own precision, so
+    under bf16 or fp16 autocast a tiny ``w`` keeps its sign and the output keeps the
+    input's dtype.
     """
 
     def __init__(
