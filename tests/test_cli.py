@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from cli_runner import fernoise
 from PIL import Image
 
@@ -38,6 +39,18 @@ def test_train_each_method_two_epochs(tmp_path, method):
     assert (sum(float(r["noise_on"]) for r in rows) > 0) == method.endswith(("periodic", "dynamic"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == method
+
+
+def test_dynamic_with_one_autorelu_weight_per_unit(tmp_path):
+    from fernoise.checkpoint import load_checkpoint, model_from_checkpoint
+    from fernoise.noise import AutoReLU
+
+    run = tmp_path / "run"
+    fernoise("train", "--method", "dynamic", "--no-autorelu-per-channel", "--epochs", "1", "--out", str(run), *TINY)
+    assert yaml.safe_load((run / "config.yaml").read_text())["autorelu_per_channel"] is False
+    model = model_from_checkpoint(load_checkpoint(run / "checkpoints" / "best.pt"))
+    weights = [m.weight for m in model.modules() if isinstance(m, AutoReLU)]
+    assert len(weights) == 8 and all(w.numel() == 1 for w in weights)  # one per residual block of ResNet-18
 
 
 def test_periodic_noise_column_follows_algorithm_1(tmp_path):

@@ -46,6 +46,9 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--autorelu-grad", choices=CHOICES["autorelu_grad"],
                    help=f"AutoReLU backward: autograd of the paper's formula, or the exact zero gradient of w "
                         f"(cheaper; w then follows weight decay alone) (default {d.autorelu_grad})")
+    g.add_argument("--autorelu-per-channel", action=argparse.BooleanOptionalAction, default=None,
+                   help="one AutoReLU weight per channel (default), or --no-autorelu-per-channel: one per unit; "
+                        "either way all are reset to their common mean before each step")
     g.add_argument("--bn-recalibrate", type=int, metavar="N",
                    help="before each evaluation, re-estimate BatchNorm statistics on N clean training batches "
                         "(default 0: off, as in the paper; the statistics then include noisy steps)")
