@@ -149,6 +149,8 @@ def test_autograd_gives_a_tiny_weight_the_formulas_gradient():
     y = auto_relu(x, zero, 6.0, grad="autograd")
     y.backward(upstream)
     assert torch.isfinite(y).all() and torch.isfinite(zero.grad).all()
+    half = auto_relu(x.half(), torch.zeros(3, dtype=torch.float16), 6.0, grad="autograd")  # 1e-20 is 0 in fp16
+    assert torch.isfinite(half).all()
 
 
 def test_auto_relu_keeps_reduced_precision_and_the_sign_of_a_tiny_weight():
