@@ -14,6 +14,8 @@ from PIL import Image
 from fernoise.reports import (
     PAPER_CLAIMS,
     RunFormatError,
+    RunRecord,
+    batchnorm_effect,
     check_claim,
     compare_to_baseline,
     load_run,
@@ -297,6 +299,25 @@ def test_report_command_without_finished_runs_says_so(tmp_path: Path, capsys: py
     assert main(["report", str(tmp_path / "runs")]) == 2
     assert "no finished runs (with summary.json) yet" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "report.md").exists()
+
+
+def test_batchnorm_effect_shares_the_noisy_epochs_drop(tmp_path: Path):
+    def run(val_f1: list[float], train_loss: list[float]) -> RunRecord:
+        metrics = {"epoch": np.arange(1.0, 7.0), "noise_on": np.array([0, 0, 1, 1, 0.5, 0.0]),
+                   "val_f1": np.array(val_f1), "train_loss": np.array(train_loss)}
+        return RunRecord(tmp_path, "periodic", 0, metrics, {}, {})
+
+    loss = [1.5, 1.2, 1.4, 1.3, 1.2, 0.9]
+    plain = run([0.30, 0.35, 0.25, 0.28, 0.30, 0.40], loss)
+    effect = batchnorm_effect(plain, run([0.30, 0.35, 0.31, 0.33, 0.34, 0.40], loss))
+    # drops from the last clean epoch (0.35): 0.10, 0.07, 0.05; recovered: 0.06, 0.05, 0.04
+    assert [row["drop"] for row in effect["epochs"]] == pytest.approx([None, None, 0.10, 0.07, 0.05, None])
+    assert effect["total_drop"] == pytest.approx(0.22) and effect["total_recovered"] == pytest.approx(0.15)
+    assert effect["recovered_share"] == pytest.approx(0.15 / 0.22) and effect["max_train_loss_diff"] == 0
+    assert batchnorm_effect(plain, run([0.30] * 6, [1.0] * 6))["max_train_loss_diff"] == pytest.approx(0.5)
+    clean = run([0.3] * 6, loss)
+    clean.metrics["noise_on"] = np.zeros(6)
+    assert batchnorm_effect(clean, clean)["recovered_share"] is None
 
 
 def test_t_quantile_against_scipy():

@@ -708,6 +708,40 @@ def plot_autorelu_trace(trace: Mapping[str, np.ndarray], path: PathLike, title: 
     _save(fig, Path(path))
 
 
+def batchnorm_effect(plain: RunRecord, recalibrated: RunRecord) -> dict[str, Any]:
+    """How much of the validation drop in noisy epochs comes from BatchNorm statistics.
+
+    ``recalibrated`` is ``plain`` trained again with ``bn_recalibrate`` (the same training steps;
+    each evaluation preceded by re-estimating BatchNorm statistics on clean batches). For each
+    noisy epoch e (``noise_on > 0``) after a clean one: the plain run's drop is val F1 of the last
+    clean epoch before e minus val F1 at e, and what recalibration recovers is val F1 of
+    ``recalibrated`` at e minus that of ``plain``. ``recovered_share`` = sum of recovered / sum of
+    drops (None without a drop). ``epochs`` holds the per-epoch rows; ``max_train_loss_diff`` shows
+    whether the training really was the same.
+    """
+    a, b = plain.metrics, recalibrated.metrics
+    n = min(len(a["epoch"]), len(b["epoch"]))
+    rows, drops, recovered, last_clean = [], 0.0, 0.0, None
+    for i in range(n):
+        noisy = a["noise_on"][i] > 0
+        row = {"epoch": int(a["epoch"][i]), "noise_on": float(a["noise_on"][i]), "val_f1": float(a["val_f1"][i]),
+               "val_f1_recalibrated": float(b["val_f1"][i]), "drop": None}
+        if noisy and last_clean is not None:
+            row["drop"] = last_clean - row["val_f1"]
+            drops += row["drop"]
+            recovered += row["val_f1_recalibrated"] - row["val_f1"]
+        if not noisy:
+            last_clean = row["val_f1"]
+        rows.append(row)
+    return {
+        "epochs": rows,
+        "total_drop": drops,
+        "total_recovered": recovered,
+        "recovered_share": recovered / drops if drops > 0 else None,
+        "max_train_loss_diff": float(np.max(np.abs(a["train_loss"][:n] - b["train_loss"][:n]))) if n else None,
+    }
+
+
 def _trace_title(run: RunRecord) -> str:
     cfg = run.config
     return (f"{run.path.name}: AutoReLU grad={cfg.get('autorelu_grad', 'exact')}, init {cfg.get('autorelu_init')}, "
