@@ -815,16 +815,29 @@ def _write_figures(
 # ----------------------------------------------------------------------------- report
 
 
-def _dynamic_noise_markdown(runs: Sequence[RunRecord], out: Path) -> str:
-    """How often each dynamic run was noisy, a warning for any that never was, and each traced run's
-    per-step AutoReLU figure (written into ``out``)."""
-    dynamic = [run for run in runs if run.config.get("method", "").endswith("dynamic")]
+def _dynamic_runs(runs: Sequence[RunRecord]) -> list[RunRecord]:
+    return sorted((run for run in runs if run.method.endswith("dynamic")), key=lambda r: (r.method, r.seed))
+
+
+def _write_trace_figures(dynamic: Sequence[RunRecord], out: Path) -> list[tuple[str, str]]:
+    """Each traced dynamic run's per-step AutoReLU figure in ``out``, as (file name, caption)."""
+    figures = []
+    for run in dynamic:
+        if run.trace is not None:
+            name = f"autorelu_trace_{_slug(run.method)}_seed{run.seed}.png"
+            plot_autorelu_trace(run.trace, out / name, _trace_title(run))
+            figures.append((name, f"AutoReLU per step, {method_info(run.method).label} seed {run.seed}"))
+    return figures
+
+
+def _dynamic_noise_markdown(dynamic: Sequence[RunRecord], figures: Sequence[tuple[str, str]]) -> str:
+    """How often each dynamic run was noisy, a warning for any that never was, and the trace figures."""
     if not dynamic:
         return ""
     lines = ["| Method | seed | AutoReLU grad, init | noisy steps | first noisy step | switches | longest noisy stretch |"
              " noisy share per epoch |", "|" + "---|" * 8]
     never = []
-    for run in sorted(dynamic, key=lambda r: (r.method, r.seed)):
+    for run in dynamic:
         cfg = run.config
         setting = f"{cfg.get('autorelu_grad', 'exact')}, {cfg.get('autorelu_init')}"
         shares = " ".join(f"{v:.2f}" for v in run.metrics["noise_on"])
@@ -844,12 +857,8 @@ def _dynamic_noise_markdown(runs: Sequence[RunRecord], out: Path) -> str:
     if never:
         text += ("\n\n**Warning: never noisy:** " + ", ".join(never) + ". These runs trained without any injected "
                  "noise, so they measure the baseline, not dynamic injection.")
-    for run in sorted(dynamic, key=lambda r: (r.method, r.seed)):
-        if run.trace is not None:
-            name = f"autorelu_trace_{_slug(run.method)}_seed{run.seed}.png"
-            plot_autorelu_trace(run.trace, out / name, _trace_title(run))
-            caption = f"AutoReLU per step, {method_info(run.method).label} seed {run.seed}"
-            text += f"\n\n### {caption}\n\n![{caption}]({name})"
+    for name, caption in figures:
+        text += f"\n\n### {caption}\n\n![{caption}]({name})"
     return text
 
 
@@ -904,7 +913,8 @@ def write_report(
         "## Figures\n\nCurves: mean over seeds; band: min–max over seeds; shaded epochs: noise on "
         "(darker = on in more seeds or for more of the epoch).\n\n" + (figure_text or "No figures.")
     )
-    dynamic = _dynamic_noise_markdown(runs, out)
+    dynamic_runs = _dynamic_runs(runs)
+    dynamic = _dynamic_noise_markdown(dynamic_runs, _write_trace_figures(dynamic_runs, out))
     if dynamic:
         parts.append("## Dynamic noise\n\n" + dynamic)
     run_lines = ["| Method | seed | epochs | best val F1 (epoch) | wall time | directory |", "|" + "---|" * 6]
