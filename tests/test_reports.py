@@ -162,11 +162,14 @@ def test_table1_matches_hand_computed_statistics(full_grid: Path, tmp_path: Path
         summaries = _summaries(full_grid, row["method"])
         losses = np.array([s["final_train_loss"] for s in summaries])
         f1s = np.array([s["best_val_f1"] for s in summaries])
+        finals = np.array([s["final_val_f1"] for s in summaries])
         assert row["n_seeds"] == len(summaries)
         assert row["train_loss_mean"] == pytest.approx(losses.mean())
         assert row["train_loss_std"] == pytest.approx(losses.std(ddof=1))
         assert row["val_f1_mean"] == pytest.approx(f1s.mean())
         assert row["val_f1_std"] == pytest.approx(f1s.std(ddof=1))
+        assert row["final_val_f1_mean"] == pytest.approx(finals.mean())
+        assert row["final_val_f1_std"] == pytest.approx(finals.std(ddof=1))
         tests = np.array([s["test_f1"] for s in summaries if "test_f1" in s])
         assert row["test_f1_n"] == tests.size
         assert row["test_f1_mean"] == (pytest.approx(tests.mean()) if tests.size else None)
@@ -184,6 +187,7 @@ def test_table1_matches_hand_computed_statistics(full_grid: Path, tmp_path: Path
     table = (tmp_path / "r" / "table1.md").read_text()
     base = rows[0]
     assert f"{base['val_f1_mean']:.4f} ± {base['val_f1_std']:.4f} (n=3)" in table
+    assert f"| Validation macro-F1 (final epoch) | {base['final_val_f1_mean']:.4f} ± " in table
     assert "Test macro-F1" in table and "—" in table
 
 
@@ -194,7 +198,8 @@ def test_compare_to_baseline_paired_by_seed(full_grid: Path):
     base = {s: json.loads((full_grid / f"baseline-s{s}" / "summary.json").read_text()) for s in (0, 1, 2)}
     for method, row in rows.items():
         seeds = [s for s in (0, 1, 2) if (full_grid / f"{method}-s{s}").exists()]
-        for key, field in (("val_f1", "best_val_f1"), ("train_loss", "final_train_loss")):
+        for key, field in (("val_f1", "best_val_f1"), ("final_val_f1", "final_val_f1"),
+                           ("train_loss", "final_train_loss")):
             diffs = np.array(
                 [json.loads((full_grid / f"{method}-s{s}" / "summary.json").read_text())[field] - base[s][field]
                  for s in seeds]
