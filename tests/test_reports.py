@@ -99,6 +99,8 @@ def assert_plot(image: Image.Image, colors: list[str]) -> None:
     rgb = np.asarray(image.convert("RGB")).astype(int)
     dark = rgb.max(axis=2) < 90
     assert dark.mean(axis=1).max() > 0.4 and dark.mean(axis=0).max() > 0.25, "no axes"
+    border = np.concatenate([dark[:2].ravel(), dark[-2:].ravel(), dark[:, :2].ravel(), dark[:, -2:].ravel()])
+    assert not border.any(), "something (a title, a label) is cut off at the image's edge"
     for color in colors:
         target = np.array(to_rgb(color)) * 255
         assert (np.abs(rgb - target).max(axis=2) < 12).sum() > 300, f"no curve in {color}"

@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from .io import write_bytes_atomic, write_text_atomic
 from .runfiles import METRIC_COLUMNS, TRACE_FILE, TRACE_HEADER
@@ -603,7 +604,9 @@ def _plot_pair(
         if len(values) > 1:
             low, high = _nan_reduce(np.nanmin, values), _nan_reduce(np.nanmax, values)
             ax.fill_between(epochs, low, high, color=info.color, alpha=0.2, lw=0)
-    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.set(xlabel="epoch", ylabel=ylabel)
+    ax.set_title(title, fontsize=10)  # the longest pair's title overflows the default size
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(handles=ax.get_legend_handles_labels()[0] + extra_handles, fontsize=8, loc="best")
     _save(fig, path)
