@@ -718,32 +718,37 @@ def batchnorm_effect(plain: RunRecord, recalibrated: RunRecord) -> dict[str, Any
     """How much of the validation drop in noisy epochs comes from BatchNorm statistics.
 
     ``recalibrated`` is ``plain`` trained again with ``bn_recalibrate`` (the same training steps;
-    each evaluation preceded by re-estimating BatchNorm statistics on clean batches). For each
-    noisy epoch e (``noise_on > 0``) after a clean one: the plain run's drop is val F1 of the last
-    clean epoch before e minus val F1 at e, and what recalibration recovers is val F1 of
-    ``recalibrated`` at e minus that of ``plain``. ``recovered_share`` = sum of recovered / sum of
-    drops (None without a drop). ``epochs`` holds the per-epoch rows; ``max_train_loss_diff`` shows
-    whether the training really was the same.
+    each evaluation preceded by re-estimating BatchNorm statistics on clean batches). Each run's
+    drop at a noisy epoch e (``noise_on > 0``, after a clean one) is its val F1 at the last clean
+    epoch before e minus its val F1 at e. Re-estimating also helps in clean epochs (the running
+    statistics lag the weights), so what it recovers of the noise's drop is the difference of the
+    two drops, not of the two F1s: ``recovered`` = sum of plain drops - sum of recalibrated drops,
+    ``recovered_share`` = recovered / sum of plain drops (None without a drop). ``clean_gain`` is
+    the mean gain of re-estimating in clean epochs, ``epochs`` the per-epoch rows, and
+    ``max_train_loss_diff`` shows whether the training really was the same.
     """
     a, b = plain.metrics, recalibrated.metrics
     n = min(len(a["epoch"]), len(b["epoch"]))
-    rows, drops, recovered, last_clean = [], 0.0, 0.0, None
+    rows, clean_gains = [], []
+    last_clean: tuple[float, float] | None = None
     for i in range(n):
-        noisy = a["noise_on"][i] > 0
-        row = {"epoch": int(a["epoch"][i]), "noise_on": float(a["noise_on"][i]), "val_f1": float(a["val_f1"][i]),
-               "val_f1_recalibrated": float(b["val_f1"][i]), "drop": None}
-        if noisy and last_clean is not None:
-            row["drop"] = last_clean - row["val_f1"]
-            drops += row["drop"]
-            recovered += row["val_f1_recalibrated"] - row["val_f1"]
-        if not noisy:
-            last_clean = row["val_f1"]
+        f1, f1_recalibrated = float(a["val_f1"][i]), float(b["val_f1"][i])
+        row = {"epoch": int(a["epoch"][i]), "noise_on": float(a["noise_on"][i]), "val_f1": f1,
+               "val_f1_recalibrated": f1_recalibrated, "drop": None, "drop_recalibrated": None}
+        if a["noise_on"][i] <= 0:
+            last_clean = (f1, f1_recalibrated)
+            clean_gains.append(f1_recalibrated - f1)
+        elif last_clean is not None:
+            row["drop"], row["drop_recalibrated"] = last_clean[0] - f1, last_clean[1] - f1_recalibrated
         rows.append(row)
+    drop = sum(row["drop"] for row in rows if row["drop"] is not None)
+    recovered = drop - sum(row["drop_recalibrated"] for row in rows if row["drop"] is not None)
     return {
         "epochs": rows,
-        "total_drop": drops,
-        "total_recovered": recovered,
-        "recovered_share": recovered / drops if drops > 0 else None,
+        "total_drop": drop,
+        "recovered": recovered,
+        "recovered_share": recovered / drop if drop > 0 else None,
+        "clean_gain": float(np.mean(clean_gains)) if clean_gains else None,
         "max_train_loss_diff": float(np.max(np.abs(a["train_loss"][:n] - b["train_loss"][:n]))) if n else None,
     }
 
