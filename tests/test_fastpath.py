@@ -104,7 +104,7 @@ def test_train_step_matches_a_plain_loop():
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         return losses
 
     assert run(True) == run(False)
