@@ -19,5 +19,6 @@ fernoise reproduce "${GRID[@]}" --seeds 1
 # beside results/fer2013/periodic-seed0.
 fernoise reproduce --data "$DATA" --config fer2013-paper --epochs 20 --quiet --methods periodic --seeds 1 \
   --bn-recalibrate 20 --out results/fer2013-bnrecal
+fernoise report results/fer2013/periodic-seed0 results/fer2013-bnrecal/periodic-seed0 --out results/fer2013-bnrecal
 fernoise reproduce "${GRID[@]}" --seeds 3
 echo "GRID DONE"

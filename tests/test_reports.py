@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from fernoise.reports import (
     RunFormatError,
     RunRecord,
     batchnorm_effect,
+    batchnorm_pairs,
     check_claim,
     compare_to_baseline,
     load_run,
@@ -329,6 +331,44 @@ def test_batchnorm_effect_shares_the_noisy_epochs_drop(tmp_path: Path):
     clean = run([0.3] * 6, loss)
     clean.metrics["noise_on"] = np.zeros(6)
     assert batchnorm_effect(clean, clean)["recovered_share"] is None
+
+
+def test_report_pairs_a_recalibrated_run_with_its_plain_twin(tmp_path: Path):
+    plain = make_run(tmp_path / "runs", "periodic", 0, noise=PERIODIC_NOISE)
+    twin = tmp_path / "runs-bnrecal" / "periodic-s0"
+    shutil.copytree(plain, twin)
+    config = yaml.safe_load((twin / "config.yaml").read_text())
+    (twin / "config.yaml").write_text(yaml.safe_dump({**config, "bn_recalibrate": 20}))
+    with open(twin / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:  # re-estimating recovers half of every noisy epoch's loss of F1
+        row["val_f1"] = repr(float(row["val_f1"]) + 0.025 * float(row["noise_on"]))
+    with open(twin / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    runs = load_runs([tmp_path / "runs", twin])
+    assert sorted(run.method for run in runs) == ["periodic", "periodic+bn-recal"]
+    assert method_info("periodic+bn-recal").label == "+Periodic (BN re-estimated)"
+    (pair,) = batchnorm_pairs(runs)
+    assert [run.path for run in pair] == [plain, twin]
+    effect = batchnorm_effect(*pair)
+    drops = [row["drop"] for row in effect["epochs"] if row["drop"] is not None]
+    assert len(drops) == 3 and effect["max_train_loss_diff"] == 0  # epochs 3-5 of PERIODIC_NOISE
+    assert effect["recovered"] == pytest.approx(0.025 * len(drops))
+    report = write_report(runs, tmp_path / "out", "cmd", "data").read_text()
+    assert "| +Periodic | +Periodic (BN re-estimated) |" in report  # its own Table 1 column
+    section = report.split("## BatchNorm statistics in noisy epochs")[1].split("\n## ")[0]
+    share = effect["recovered"] / effect["total_drop"]
+    assert f"| +Periodic | 0 | {effect['total_drop']:.4f} |" in section and f"({share:.0%})" in section
+    table_lines = [line for line in section.splitlines() if line.startswith("|")]
+    assert "### +Periodic, seed 0" in section and len(table_lines) == 3 + 2 + len(effect["epochs"])
+    assert "](bn_recal_f1_periodic.png)" in section
+    with Image.open(tmp_path / "out" / "bn_recal_f1_periodic.png") as image:
+        assert_plot(image, [method_info("periodic").color, method_info("periodic+bn-recal").color])
+    # without the plain twin there is nothing to pair, and no section
+    assert "BatchNorm statistics" not in write_report(load_runs([twin]), tmp_path / "o2", "c", "d").read_text()
 
 
 def test_t_quantile_against_scipy():

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import textwrap
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,8 @@ METHODS: dict[str, MethodInfo] = {
     "dropout+dynamic": MethodInfo("Dropout+Dynamic", "ResNet-18 + dropout + dynamic noise", "tab:brown"),
 }
 _OTHER_COLORS = ("tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+# Suffix of the method key of a run trained with ``bn_recalibrate`` (e.g. "periodic+bn-recal").
+RECALIBRATED = "+bn-recal"
 
 # (loss figure, F1 figure, first method, second method) as in the paper's Figures 3-11.
 # The paper's Fig. 9 shows F1 only; the loss of that pair is drawn too, under the same number.
@@ -217,9 +220,11 @@ def load_run(run_dir: PathLike) -> RunRecord:
         raise RunFormatError(f"{path}: not a directory")
     config = _read_config(path / "config.yaml")
     trace_path = path / TRACE_FILE
+    # evaluated differently, so not a seed of the same method: its own column and its BatchNorm section
+    method = config["method"] + (RECALIBRATED if config.get("bn_recalibrate") else "")
     return RunRecord(
         path=path,
-        method=config["method"],
+        method=method,
         seed=config["seed"],
         metrics=_read_metrics(path / "metrics.csv"),
         summary=_read_summary(path / "summary.json"),
@@ -285,6 +290,10 @@ def report_folders(paths: Sequence[PathLike], out: PathLike, command: str) -> tu
 def method_info(method: str) -> MethodInfo:
     """Labels and colour of a method; an unknown one gets its key as label and a colour fixed by its name."""
     fallback = _OTHER_COLORS[sum(map(ord, method)) % len(_OTHER_COLORS)]
+    base = method.removesuffix(RECALIBRATED)
+    if base != method and base in METHODS:
+        info = METHODS[base]
+        return MethodInfo(f"{info.label} (BN re-estimated)", f"{info.long_label}, BatchNorm re-estimated", fallback)
     return METHODS.get(method) or MethodInfo(method, method, fallback)
 
 
@@ -605,7 +614,7 @@ def _plot_pair(
             low, high = _nan_reduce(np.nanmin, values), _nan_reduce(np.nanmax, values)
             ax.fill_between(epochs, low, high, color=info.color, alpha=0.2, lw=0)
     ax.set(xlabel="epoch", ylabel=ylabel)
-    ax.set_title(title, fontsize=10)  # the longest pair's title overflows the default size
+    ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=10)  # long titles overflow the default
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(handles=ax.get_legend_handles_labels()[0] + extra_handles, fontsize=8, loc="best")
@@ -753,6 +762,55 @@ def batchnorm_effect(plain: RunRecord, recalibrated: RunRecord) -> dict[str, Any
     }
 
 
+def batchnorm_pairs(runs: Sequence[RunRecord]) -> list[tuple[RunRecord, RunRecord]]:
+    """(plain, recalibrated) runs of the same method and seed, the second trained with ``bn_recalibrate``."""
+    groups = _by_method(runs)
+    pairs = []
+    for method, group in groups.items():
+        base = method.removesuffix(RECALIBRATED)
+        if base != method and base in groups:
+            plain = {run.seed: run for run in groups[base]}
+            pairs += [(plain[run.seed], run) for run in group if run.seed in plain]
+    return pairs
+
+
+def _batchnorm_section(
+    pairs: Sequence[tuple[RunRecord, RunRecord]], groups: Mapping[str, list[RunRecord]], out: Path
+) -> str:
+    """Per pair: how much of the noisy epochs' validation drop re-estimating BatchNorm recovers, epoch by epoch;
+    per method, a figure of both runs' validation F1 (written into ``out``)."""
+    summary = ["| Method | seed | val F1 drop in noisy epochs | drop, re-estimated | recovered (share) "
+               "| mean gain in clean epochs | largest train loss difference |", "|" + "---|" * 7]
+    details = []
+    for plain, recalibrated in pairs:
+        effect = batchnorm_effect(plain, recalibrated)
+        share, gain = effect["recovered_share"], effect["clean_gain"]
+        label = method_info(plain.method).label
+        summary.append(
+            f"| {label} | {plain.seed} | {effect['total_drop']:.4f} | {effect['total_drop'] - effect['recovered']:.4f} "
+            f"| {effect['recovered']:.4f} ({'n/a' if share is None else f'{share:.0%}'}) "
+            f"| {'n/a' if gain is None else f'{gain:+.4f}'} | {effect['max_train_loss_diff']:.2g} |"
+        )
+        rows = ["| epoch | noise on | val F1 | val F1, BatchNorm re-estimated | drop from the last clean epoch "
+                "| drop, re-estimated |", "|" + "---|" * 6]
+        for row in effect["epochs"]:
+            drops = ["" if d is None else f"{d:+.4f}" for d in (row["drop"], row["drop_recalibrated"])]
+            rows.append(f"| {row['epoch']} | {row['noise_on']:.2f} | {row['val_f1']:.4f} | "
+                        f"{row['val_f1_recalibrated']:.4f} | {drops[0]} | {drops[1]} |")
+        details.append(f"### {label}, seed {plain.seed}\n\n" + "\n".join(rows))
+    for method in dict.fromkeys(plain.method for plain, _ in pairs):
+        name, title = f"bn_recal_f1_{_slug(method)}.png", f"Validation macro-F1: {method_info(method).long_label}"
+        _plot_pair(groups, (method, method + RECALIBRATED), "val_f1", "Validation macro-F1",
+                   f"{title}, BatchNorm statistics as trained vs re-estimated", out / name)
+        details.append(f"### {title}\n\n![{title}]({name})")
+    return ("Each pair trained the same steps; the second re-estimated BatchNorm statistics on clean training "
+            "batches before each evaluation (`--bn-recalibrate`). A drop is val F1 at a noisy epoch below the "
+            "same run's last clean epoch; what re-estimating recovers is the difference of the two runs' drops "
+            "(it also gains a little in clean epochs, where running statistics lag the weights). A train loss "
+            "difference above 0 means the two trainings were not the same.\n\n"
+            + "\n".join(summary) + "\n\n" + "\n\n".join(details))
+
+
 def _trace_title(run: RunRecord) -> str:
     cfg = run.config
     return (f"{run.path.name}: AutoReLU grad={cfg.get('autorelu_grad', 'exact')}, init {cfg.get('autorelu_init')}, "
@@ -827,7 +885,7 @@ def _write_figures(
 
 
 def _dynamic_runs(runs: Sequence[RunRecord]) -> list[RunRecord]:
-    return sorted((run for run in runs if run.method.endswith("dynamic")), key=lambda r: (r.method, r.seed))
+    return sorted((run for run in runs if "dynamic" in run.method.split("+")), key=lambda r: (r.method, r.seed))
 
 
 def _write_trace_figures(dynamic: Sequence[RunRecord], out: Path) -> list[tuple[str, str]]:
@@ -910,7 +968,8 @@ def write_report(
         f"## Data\n\n{data_description}",
         f"## Command\n\n{_fenced(command)}",
         "## Table 1\n\nTrain loss is the final epoch's; validation F1 both the best epoch's (the paper's \"max F1\", "
-        "chosen on the validation set itself, so optimistic) and the final epoch's. F1 is macro-F1.\n\n" + _table1_markdown(rows) + "\nMachine-readable: [table1.csv](table1.csv).",
+        "chosen on the validation set itself, so optimistic) and the final epoch's. F1 is macro-F1.\n\n"
+        + _table1_markdown(rows) + "\nMachine-readable: [table1.csv](table1.csv).",
     ]
     if comparison:
         parts.append(f"## Difference to {baseline_label}\n\n" + _comparison_markdown(comparison, baseline_label))
@@ -928,6 +987,9 @@ def write_report(
     dynamic = _dynamic_noise_markdown(dynamic_runs, _write_trace_figures(dynamic_runs, out))
     if dynamic:
         parts.append("## Dynamic noise\n\n" + dynamic)
+    pairs = batchnorm_pairs(runs)
+    if pairs:
+        parts.append("## BatchNorm statistics in noisy epochs\n\n" + _batchnorm_section(pairs, groups, out))
     run_lines = ["| Method | seed | epochs | best val F1 (epoch) | wall time | directory |", "|" + "---|" * 6]
     for method, group in groups.items():
         for run in group:
