@@ -12,6 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from fernoise import reports
 from fernoise.reports import (
     PAPER_CLAIMS,
     RunFormatError,
@@ -333,8 +334,9 @@ def test_batchnorm_effect_shares_the_noisy_epochs_drop(tmp_path: Path):
     assert batchnorm_effect(clean, clean)["recovered_share"] is None
 
 
-def test_report_pairs_a_recalibrated_run_with_its_plain_twin(tmp_path: Path):
+def test_report_pairs_a_recalibrated_run_with_its_plain_twin(tmp_path: Path, monkeypatch):
     plain = make_run(tmp_path / "runs", "periodic", 0, noise=PERIODIC_NOISE)
+    make_run(tmp_path / "runs", "periodic", 1, noise=PERIODIC_NOISE)  # no twin: not in the pair's figure
     twin = tmp_path / "runs-bnrecal" / "periodic-s0"
     shutil.copytree(plain, twin)
     config = yaml.safe_load((twin / "config.yaml").read_text())
@@ -349,7 +351,7 @@ def test_report_pairs_a_recalibrated_run_with_its_plain_twin(tmp_path: Path):
         writer.writerows(rows)
 
     runs = load_runs([tmp_path / "runs", twin])
-    assert sorted(run.method for run in runs) == ["periodic", "periodic+bn-recal"]
+    assert sorted(run.method for run in runs) == ["periodic", "periodic", "periodic+bn-recal"]
     assert method_info("periodic+bn-recal").label == "+Periodic (BN re-estimated)"
     (pair,) = batchnorm_pairs(runs)
     assert [run.path for run in pair] == [plain, twin]
@@ -357,8 +359,18 @@ def test_report_pairs_a_recalibrated_run_with_its_plain_twin(tmp_path: Path):
     drops = [row["drop"] for row in effect["epochs"] if row["drop"] is not None]
     assert len(drops) == 3 and effect["max_train_loss_diff"] == 0  # epochs 3-5 of PERIODIC_NOISE
     assert effect["recovered"] == pytest.approx(0.025 * len(drops))
+    plotted = {}
+    plot_pair = reports._plot_pair
+
+    def spy(groups, methods, column, ylabel, title, path):
+        plotted[path.name] = {method: [run.seed for run in groups[method]] for method in methods}
+        plot_pair(groups, methods, column, ylabel, title, path)
+
+    monkeypatch.setattr(reports, "_plot_pair", spy)
     report = write_report(runs, tmp_path / "out", "cmd", "data").read_text()
+    assert plotted["bn_recal_f1_periodic.png"] == {"periodic": [0], "periodic+bn-recal": [0]}
     assert "| +Periodic | +Periodic (BN re-estimated) |" in report  # its own Table 1 column
+    assert "+Periodic | 1 |" not in report.split("## BatchNorm statistics")[1].split("## Runs")[0]
     section = report.split("## BatchNorm statistics in noisy epochs")[1].split("\n## ")[0]
     share = effect["recovered"] / effect["total_drop"]
     assert f"| +Periodic | 0 | {effect['total_drop']:.4f} |" in section and f"({share:.0%})" in section

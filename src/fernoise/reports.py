@@ -774,11 +774,9 @@ def batchnorm_pairs(runs: Sequence[RunRecord]) -> list[tuple[RunRecord, RunRecor
     return pairs
 
 
-def _batchnorm_section(
-    pairs: Sequence[tuple[RunRecord, RunRecord]], groups: Mapping[str, list[RunRecord]], out: Path
-) -> str:
+def _batchnorm_section(pairs: Sequence[tuple[RunRecord, RunRecord]], out: Path) -> str:
     """Per pair: how much of the noisy epochs' validation drop re-estimating BatchNorm recovers, epoch by epoch;
-    per method, a figure of both runs' validation F1 (written into ``out``)."""
+    per method, a figure of the paired runs' validation F1 (written into ``out``)."""
     summary = ["| Method | seed | val F1 drop in noisy epochs | drop, re-estimated | recovered (share) "
                "| mean gain in clean epochs | largest train loss difference |", "|" + "---|" * 7]
     details = []
@@ -799,6 +797,9 @@ def _batchnorm_section(
                         f"{row['val_f1_recalibrated']:.4f} | {drops[0]} | {drops[1]} |")
         details.append(f"### {label}, seed {plain.seed}\n\n" + "\n".join(rows))
     for method in dict.fromkeys(plain.method for plain, _ in pairs):
+        # only the paired seeds: the plain method may have more
+        paired = [pair for pair in pairs if pair[0].method == method]
+        groups = {method: [plain for plain, _ in paired], method + RECALIBRATED: [twin for _, twin in paired]}
         name, title = f"bn_recal_f1_{_slug(method)}.png", f"Validation macro-F1: {method_info(method).long_label}"
         _plot_pair(groups, (method, method + RECALIBRATED), "val_f1", "Validation macro-F1",
                    f"{title}, BatchNorm statistics as trained vs re-estimated", out / name)
@@ -989,7 +990,7 @@ def write_report(
         parts.append("## Dynamic noise\n\n" + dynamic)
     pairs = batchnorm_pairs(runs)
     if pairs:
-        parts.append("## BatchNorm statistics in noisy epochs\n\n" + _batchnorm_section(pairs, groups, out))
+        parts.append("## BatchNorm statistics in noisy epochs\n\n" + _batchnorm_section(pairs, out))
     run_lines = ["| Method | seed | epochs | best val F1 (epoch) | wall time | directory |", "|" + "---|" * 6]
     for method, group in groups.items():
         for run in group:
