@@ -731,7 +731,7 @@ def batchnorm_effect(plain: RunRecord, recalibrated: RunRecord) -> dict[str, Any
     drop at a noisy epoch e (``noise_on > 0``, after a clean one) is its val F1 at the last clean
     epoch before e minus its val F1 at e. Re-estimating also helps in clean epochs (the running
     statistics lag the weights), so what it recovers of the noise's drop is the difference of the
-    two drops, not of the two F1s: ``recovered`` = sum of plain drops - sum of recalibrated drops,
+    two drops, not of the two F1s: ``recovered`` = ``total_drop`` - ``total_drop_recalibrated``,
     ``recovered_share`` = recovered / sum of plain drops (None without a drop). ``clean_gain`` is
     the mean gain of re-estimating in clean epochs, ``epochs`` the per-epoch rows, and
     ``max_train_loss_diff`` shows whether the training really was the same.
@@ -750,13 +750,15 @@ def batchnorm_effect(plain: RunRecord, recalibrated: RunRecord) -> dict[str, Any
         elif last_clean is not None:
             row["drop"], row["drop_recalibrated"] = last_clean[0] - f1, last_clean[1] - f1_recalibrated
         rows.append(row)
-    drop = sum(row["drop"] for row in rows if row["drop"] is not None)
-    recovered = drop - sum(row["drop_recalibrated"] for row in rows if row["drop"] is not None)
+    noisy = [row for row in rows if row["drop"] is not None]
+    drop = sum(row["drop"] for row in noisy)
+    drop_recalibrated = sum(row["drop_recalibrated"] for row in noisy)
     return {
         "epochs": rows,
         "total_drop": drop,
-        "recovered": recovered,
-        "recovered_share": recovered / drop if drop > 0 else None,
+        "total_drop_recalibrated": drop_recalibrated,
+        "recovered": drop - drop_recalibrated,
+        "recovered_share": (drop - drop_recalibrated) / drop if drop > 0 else None,
         "clean_gain": float(np.mean(clean_gains)) if clean_gains else None,
         "max_train_loss_diff": float(np.max(np.abs(a["train_loss"][:n] - b["train_loss"][:n]))) if n else None,
     }
@@ -780,12 +782,14 @@ def _batchnorm_section(pairs: Sequence[tuple[RunRecord, RunRecord]], out: Path) 
     summary = ["| Method | seed | val F1 drop in noisy epochs | drop, re-estimated | recovered (share) "
                "| mean gain in clean epochs | largest train loss difference |", "|" + "---|" * 7]
     details = []
+    by_method: dict[str, list[tuple[RunRecord, RunRecord]]] = {}
     for plain, recalibrated in pairs:
+        by_method.setdefault(plain.method, []).append((plain, recalibrated))
         effect = batchnorm_effect(plain, recalibrated)
         share, gain = effect["recovered_share"], effect["clean_gain"]
         label = method_info(plain.method).label
         summary.append(
-            f"| {label} | {plain.seed} | {effect['total_drop']:.4f} | {effect['total_drop'] - effect['recovered']:.4f} "
+            f"| {label} | {plain.seed} | {effect['total_drop']:.4f} | {effect['total_drop_recalibrated']:.4f} "
             f"| {effect['recovered']:.4f} ({'n/a' if share is None else f'{share:.0%}'}) "
             f"| {'n/a' if gain is None else f'{gain:+.4f}'} | {effect['max_train_loss_diff']:.2g} |"
         )
@@ -796,9 +800,8 @@ def _batchnorm_section(pairs: Sequence[tuple[RunRecord, RunRecord]], out: Path) 
             rows.append(f"| {row['epoch']} | {row['noise_on']:.2f} | {row['val_f1']:.4f} | "
                         f"{row['val_f1_recalibrated']:.4f} | {drops[0]} | {drops[1]} |")
         details.append(f"### {label}, seed {plain.seed}\n\n" + "\n".join(rows))
-    for method in dict.fromkeys(plain.method for plain, _ in pairs):
+    for method, paired in by_method.items():
         # only the paired seeds: the plain method may have more
-        paired = [pair for pair in pairs if pair[0].method == method]
         groups = {method: [plain for plain, _ in paired], method + RECALIBRATED: [twin for _, twin in paired]}
         name, title = f"bn_recal_f1_{_slug(method)}.png", f"Validation macro-F1: {method_info(method).long_label}"
         _plot_pair(groups, (method, method + RECALIBRATED), "val_f1", "Validation macro-F1",
