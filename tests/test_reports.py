@@ -21,6 +21,7 @@ from fernoise.reports import (
     batchnorm_pairs,
     check_claim,
     compare_to_baseline,
+    describe_runs,
     load_run,
     load_runs,
     method_info,
@@ -381,6 +382,22 @@ def test_report_pairs_a_recalibrated_run_with_its_plain_twin(tmp_path: Path, mon
         assert_plot(image, [method_info("periodic").color, method_info("periodic+bn-recal").color])
     # without the plain twin there is nothing to pair, and no section
     assert "BatchNorm statistics" not in write_report(load_runs([twin]), tmp_path / "o2", "c", "d").read_text()
+
+
+def test_describe_runs_names_precision_and_a_used_bn_recalibration(tmp_path: Path):
+    runs = []
+    for method, seed, extra in (("periodic", 0, {}), ("periodic", 1, {"precision": "bf16"}), ("dropout", 0, {})):
+        run = make_run(tmp_path, method, seed)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "precision": "fp32", "bn_recalibrate": 0, **extra}))
+        runs.append(load_run(run))
+    line = describe_runs(runs)
+    assert "precision bf16/fp32" in line and "epochs 6" in line and line.endswith("seeds [0, 1]")
+    assert "BatchNorm" not in line  # 0 in every run: the option was not used
+    config = yaml.safe_load((runs[0].path / "config.yaml").read_text())
+    (runs[0].path / "config.yaml").write_text(yaml.safe_dump({**config, "bn_recalibrate": 20}))
+    runs[0] = load_run(runs[0].path)
+    assert "BatchNorm statistics re-estimated on clean training batches 0/20" in describe_runs(runs)
 
 
 def test_t_quantile_against_scipy():

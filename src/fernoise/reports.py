@@ -255,7 +255,10 @@ def load_runs(paths: Iterable[PathLike]) -> list[RunRecord]:
 # What report.md's "Data" line says of the runs: (config key, how it is introduced).
 _DESCRIBED = (("image_size", "image size"), ("augment", "augment"), ("epochs", "epochs"), ("batch_size", "batch"),
               ("optimizer", "optimizer"), ("lr", "lr"), ("weight_decay", "weight decay"),
-              ("interval", "periodic interval T"), ("interval_unit", "interval unit"))
+              ("interval", "periodic interval T"), ("interval_unit", "interval unit"), ("precision", "precision"),
+              ("bn_recalibrate", "BatchNorm statistics re-estimated on clean training batches"))
+# Keys left out of the line when they are 0 in every run: an option that was not used.
+_DESCRIBED_WHEN_USED = {"bn_recalibrate"}
 
 
 def describe_runs(runs: Sequence[RunRecord]) -> str:
@@ -264,7 +267,10 @@ def describe_runs(runs: Sequence[RunRecord]) -> str:
         return "/".join(sorted({format(run.config[key], "g" if isinstance(run.config[key], float) else "")
                                 for run in runs if key in run.config}))
 
-    parts = [f"{label} {values(key)}" for key, label in _DESCRIBED if values(key)]
+    def used(key: str) -> bool:
+        return key not in _DESCRIBED_WHEN_USED or any(run.config.get(key) for run in runs)
+
+    parts = [f"{label} {values(key)}" for key, label in _DESCRIBED if values(key) and used(key)]
     seeds = sorted({run.seed for run in runs})
     return f"{values('data') or 'data not recorded'}: " + ", ".join(parts + [f"seeds {seeds}"])
 
