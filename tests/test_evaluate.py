@@ -109,6 +109,30 @@ def test_normalisation_comes_from_the_checkpoint_not_the_data(tmp_path, model_fi
     assert scores["loss"] != pytest.approx(loss(packed.mean, packed.std), rel=1e-3)
 
 
+def test_bn_recalibrate_replaces_the_saved_statistics_with_the_train_splits(tmp_path, model_file, capsys):
+    tree = make_folders(tmp_path / "faces", splits=("train", "val"), classes=CLASSES, per_class=20)
+    checkpoint = load_checkpoint(model_file)
+    shifted = tmp_path / "shifted.pt"  # the same weights, other saved BatchNorm statistics
+    state = {k: v + 1.0 if k.endswith("running_mean") else v for k, v in checkpoint["state_dict"].items()}
+    save_checkpoint(shifted, {**checkpoint, "state_dict": state})
+    plain = [_evaluate(path, tree, tmp_path) for path in (model_file, shifted)]
+    assert plain[0]["loss"] != pytest.approx(plain[1]["loss"], rel=1e-3)  # the saved statistics matter...
+    again = [_evaluate(path, tree, tmp_path, bn_recalibrate=2) for path in (model_file, shifted)]
+    assert again[0]["loss"] == pytest.approx(again[1]["loss"], rel=1e-5)  # ...until they are re-estimated
+    assert again[0]["loss"] != pytest.approx(plain[0]["loss"], rel=1e-3)
+    assert again[0]["splits"] == {"val": 80} and plain[0]["bn_recalibrated"] == ""
+    assert again[0]["selection"].endswith("BatchNorm statistics re-estimated on 80 clean train images (2 batches)")
+    assert main(["evaluate", str(shifted), "--data", str(tree), "--cache-dir", str(tmp_path / "cache"),
+                 "--bn-recalibrate", "1", "--device", "cpu", "--quiet"]) == 0
+    assert "re-estimated on 64 clean train images (1 batch)" in capsys.readouterr().out.splitlines()[0]
+
+    test_only = make_folders(tmp_path / "only", splits=("test",), classes=CLASSES, per_class=2)
+    with pytest.raises(ValueError, match=r"only: no train split to re-estimate BatchNorm statistics from \(it has test\)"):
+        _evaluate(model_file, test_only, tmp_path, bn_recalibrate=2)
+    with pytest.raises(ValueError, match="must be a number of batches >= 0, got -1"):
+        _evaluate(model_file, tree, tmp_path, bn_recalibrate=-1)
+
+
 # --------------------------------------------------------------------------- a directory of runs
 
 

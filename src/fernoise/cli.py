@@ -133,6 +133,9 @@ def _add_evaluate(sub: Any) -> None:
     e.add_argument("--format", dest="data_format", help="data layout, when detection is not wanted")
     e.add_argument("--cache-dir", help="where prepared caches live")
     e.add_argument("--tta-flip", action="store_true", help="average predictions with the mirrored face")
+    e.add_argument("--bn-recalibrate", type=int, default=0, metavar="N",
+                   help="first re-estimate BatchNorm statistics on N clean batches of the data's train split "
+                        "(default 0: the statistics saved in the checkpoint)")
     e.add_argument("--device", default="auto", choices=CHOICES["device"])
     e.add_argument("--quiet", action="store_true")
 

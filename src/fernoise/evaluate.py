@@ -9,11 +9,16 @@ Which images are scored (``split=None``): the data set's own val split; else its
 test split; else, when it has no split folders of its own (a val split fernoise
 carved out does not count), every image. ``split="all"`` scores every image of
 every split.
+
+``bn_recalibrate=N`` re-estimates the BatchNorm running statistics on N clean batches of the
+evaluated data set's train split before scoring (a model whose training ended in noisy steps
+carries their statistics; on another data set this adapts the statistics to it, as AdaBN does).
 """
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fernoise.batchnorm import recalibrate_batchnorm
 from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from fernoise.data import Augmenter, PackedData, iterate_batches, load_data
 from fernoise.data.packed import SPLITS
@@ -139,6 +145,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     batch_size: int = 256,
     tta_flip: bool = False,
+    bn_recalibrate: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score a checkpoint on a data set, matching classes by name.
@@ -148,7 +155,7 @@ def evaluate_checkpoint(
     checkpoint = load_checkpoint(checkpoint_path)
     packed = _load_packed(data, checkpoint["input"]["size"], data_format, cache_dir, progress)
     return score_checkpoint(checkpoint, checkpoint_path, packed, data, split, device=device, batch_size=batch_size,
-                            tta_flip=tta_flip)
+                            tta_flip=tta_flip, bn_recalibrate=bn_recalibrate)
 
 
 def score_checkpoint(
@@ -161,6 +168,7 @@ def score_checkpoint(
     device: str = "auto",
     batch_size: int = 256,
     tta_flip: bool = False,
+    bn_recalibrate: int = 0,
 ) -> dict[str, Any]:
     """:func:`evaluate_checkpoint` for a loaded checkpoint and a prepared data set."""
     model_classes = list(checkpoint["classes"])
@@ -179,13 +187,17 @@ def score_checkpoint(
     torch_device = resolve_device(device)
     model = model_from_checkpoint(checkpoint, checkpoint_path).to(torch_device)
     augment = Augmenter("none", spec["size"], spec["channels"], spec["mean"], spec["std"]).to(torch_device)
+    config = checkpoint.get("config") or {}
+    recalibrated = ""  # in words, for the line saying what was scored
+    if bn_recalibrate:
+        recalibrated = _recalibrate_on_train(model, packed, data, augment, torch_device, bn_recalibrate,
+                                             int(config.get("batch_size") or 64))
     # every image is run (unknown classes too, then dropped), so no split is copied out of its memory map
     logits = torch.cat([
         predict_arrays(model, packed.splits[s].images, augment, torch_device, batch_size, tta_flip) for s in splits
     ])
     mapped = np.vectorize(to_model.get, otypes=[np.int64])(labels[known])
     scores = scores_from_logits(logits[torch.from_numpy(known)], mapped, model_classes)
-    config = checkpoint.get("config") or {}
     excluded_total = int(sum(excluded.values()))
     left_out = (f"left out {excluded_total} of classes the model does not know "
                 f"({', '.join(f'{k}: {v}' for k, v in excluded.items())})" if excluded_total else "none left out")
@@ -201,9 +213,31 @@ def score_checkpoint(
         method=config.get("method"),
         seed=config.get("seed"),
         epoch=checkpoint.get("epoch"),
+        bn_recalibrated=recalibrated,
     )
-    scores["selection"] = f"{scores['chosen']}; scored {scores['n']}, {left_out}"
+    scores["selection"] = f"{scores['chosen']}; scored {scores['n']}, {left_out}" + (f"; {recalibrated}" if recalibrated else "")
     return scores
+
+
+def _recalibrate_on_train(model: nn.Module, packed: PackedData, data: str, augment: Augmenter,
+                          device: torch.device, batches: int, batch_size: int) -> str:
+    """Re-estimate ``model``'s BatchNorm statistics on ``batches`` clean batches of the train split; says so in words.
+
+    The batches are a fixed shuffle (seed 0) of every train image, unknown classes included:
+    the statistics describe the inputs, not the labels.
+    """
+    if batches < 0:
+        raise ValueError(f"--bn-recalibrate must be a number of batches >= 0, got {batches}")
+    if "train" not in packed.splits:
+        present = ", ".join(s for s in SPLITS if s in packed.splits)
+        raise ValueError(f"{data}: no train split to re-estimate BatchNorm statistics from (it has {present})")
+    train = packed.splits["train"]
+    stream = iterate_batches(train.images, np.asarray(train.labels), batch_size, shuffle=True,
+                             generator=torch.Generator().manual_seed(0), device=device)
+    recalibrate_batchnorm(model, (augment(images, train=False) for images, _ in itertools.islice(stream, batches)))
+    used = min(batches * batch_size, len(train))
+    count = -(-used // batch_size)
+    return f"BatchNorm statistics re-estimated on {used} clean train images ({count} batch{'es' if count > 1 else ''})"
 
 
 def format_scores(scores: dict[str, Any]) -> str:
@@ -306,8 +340,9 @@ def evaluate_runs(
             skip(name, str(exc), error=True)
     if not rows:
         raise ValueError(f"{directory}: no run could be scored ({'; '.join(s['reason'] for s in skipped)})")
-    return {"directory": str(directory), "data": str(data), "selection": rows[0]["scores"]["chosen"], "runs": rows,
-            "skipped": skipped}
+    first = rows[0]["scores"]
+    selection = first["chosen"] + (f"; {first['bn_recalibrated']} per run" if first["bn_recalibrated"] else "")
+    return {"directory": str(directory), "data": str(data), "selection": selection, "runs": rows, "skipped": skipped}
 
 
 def _by_method(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -362,7 +397,7 @@ def evaluate_command(args: Any) -> int:
     Exit status 2 when a run's checkpoint could not be used (the others are still scored).
     """
     options = dict(data_format=args.data_format, cache_dir=args.cache_dir, progress=not args.quiet)
-    scoring = dict(device=args.device, tta_flip=args.tta_flip)
+    scoring = dict(device=args.device, tta_flip=args.tta_flip, bn_recalibrate=args.bn_recalibrate)
     if Path(args.checkpoint).is_dir():
         if args.confusion:
             raise ValueError(f"--confusion needs one checkpoint file; {args.checkpoint} is a directory of runs")
