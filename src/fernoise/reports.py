@@ -444,7 +444,7 @@ def check_claim(claim: Claim, runs: Sequence[RunRecord], confidence: float = 0.9
     """The seed-paired difference (method - reference) of max val F1 behind ``claim``, and a verdict.
 
     With an interval: ``better`` holds when it lies above 0 and is contradicted below 0;
-    ``not better`` is contradicted only above 0; ``similar`` is contradicted when it excludes 0 and
+    ``not better`` holds below 0, is contradicted above 0 and otherwise "not contradicted"; ``similar`` is contradicted when it excludes 0 and
     otherwise only "not contradicted" (its width says how similar the methods are shown to be).
     Anything else, or a single pair (no interval), is "not shown" / "one seed". Keys:
     ``n``, ``mean``, ``low``, ``high`` (None where undefined) and ``verdict``.
@@ -461,7 +461,9 @@ def check_claim(claim: Claim, runs: Sequence[RunRecord], confidence: float = 0.9
     if claim.expected == "better":
         verdict = "holds" if above else "contradicted: worse" if below else "not shown: the interval contains 0"
     elif claim.expected == "not better":
-        verdict = "contradicted: better" if above else "holds: worse" if below else "holds: no gain shown"
+        # an interval around 0 fails to show a gain, which is weaker than showing there is none
+        verdict = ("contradicted: better" if above else "holds: worse" if below
+                   else "not contradicted: the interval contains 0")
     else:
         verdict = "contradicted: different" if above or below else "not contradicted: the interval contains 0"
     return {**result, "verdict": verdict}
