@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +151,16 @@ def test_bad_config_gives_file_and_line_without_traceback(tmp_path):
 def test_missing_data_path_is_a_clear_error(tmp_path):
     result = fernoise("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"), check=False)
     assert result.returncode == 2 and "nowhere" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_output_piped_into_head_ends_quietly():
+    # a command printing more than the reader takes (`fernoise evaluate ... | head -1`)
+    code = ("import fernoise.cli as cli\n"
+            "cli.COMMANDS['report'] = lambda args: [print('row ' * 30) for _ in range(100_000)] and 0\n"
+            "raise SystemExit(cli.main(['report', 'runs']))")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.read(100).startswith(b"row row")
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert stderr == "", stderr

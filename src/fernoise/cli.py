@@ -16,6 +16,7 @@ from fernoise.config import CHOICES, PAPER_METHODS, TrainConfig
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports `yes | head -1`
 
 
 class _Terminated(KeyboardInterrupt):
@@ -417,6 +418,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             hint = "; run the same command again to resume"
         print(f"fernoise: {what}{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # whoever read stdout has stopped (`| head`): end quietly, and keep the exit flush from failing again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except USER_ERRORS as exc:
         print(f"fernoise: error: {exc}", file=sys.stderr)
         if os.environ.get("FERNOISE_DEBUG"):
