@@ -1,14 +1,15 @@
 """BatchNorm utilities: clean running statistics after noisy training, and folding for inference."""
 from __future__ import annotations
 
-from typing import Iterable
+import itertools
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from fernoise.models import BasicBlock, ResNet
 
-__all__ = ["recalibrate_batchnorm", "fold_batchnorm"]
+__all__ = ["recalibrate_batchnorm", "recalibrate_on_images", "fold_batchnorm"]
 
 
 @torch.no_grad()
@@ -33,6 +34,19 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     for bn, momentum in zip(norms, momenta):
         bn.momentum = momentum
     model.train(was_training)
+
+
+def recalibrate_on_images(model: nn.Module, images: Any, labels: Any, augment: Any, batches: int, batch_size: int,
+                          generator: torch.Generator, **batching: Any) -> None:
+    """:func:`recalibrate_batchnorm` on the first ``batches`` shuffled batches of uint8 ``images``.
+
+    ``augment`` is the run's :class:`~fernoise.data.Augmenter` in its clean (eval) form; ``batching``
+    goes to :func:`~fernoise.data.iterate_batches` (device, DDP rank and world size).
+    """
+    from fernoise.data import iterate_batches
+
+    stream = iterate_batches(images, labels, batch_size, shuffle=True, generator=generator, **batching)
+    recalibrate_batchnorm(model, (augment(inputs, train=False) for inputs, _ in itertools.islice(stream, batches)))
 
 
 @torch.no_grad()

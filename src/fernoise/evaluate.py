@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fernoise.batchnorm import recalibrate_batchnorm
+from fernoise.batchnorm import recalibrate_on_images
 from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from fernoise.data import Augmenter, PackedData, iterate_batches, load_data
 from fernoise.data.packed import SPLITS
@@ -215,7 +214,7 @@ def score_checkpoint(
         epoch=checkpoint.get("epoch"),
         bn_recalibrated=recalibrated,
     )
-    scores["selection"] = f"{scores['chosen']}; scored {scores['n']}, {left_out}" + (f"; {recalibrated}" if recalibrated else "")
+    scores["selection"] = "; ".join([scores["chosen"], f"scored {scores['n']}, {left_out}"] + [recalibrated] * bool(recalibrated))
     return scores
 
 
@@ -232,9 +231,8 @@ def _recalibrate_on_train(model: nn.Module, packed: PackedData, data: str, augme
         present = ", ".join(s for s in SPLITS if s in packed.splits)
         raise ValueError(f"{data}: no train split to re-estimate BatchNorm statistics from (it has {present})")
     train = packed.splits["train"]
-    stream = iterate_batches(train.images, np.asarray(train.labels), batch_size, shuffle=True,
-                             generator=torch.Generator().manual_seed(0), device=device)
-    recalibrate_batchnorm(model, (augment(images, train=False) for images, _ in itertools.islice(stream, batches)))
+    recalibrate_on_images(model, train.images, train.labels, augment, batches, batch_size,
+                          torch.Generator().manual_seed(0), device=device)
     used = min(batches * batch_size, len(train))
     count = -(-used // batch_size)
     return f"BatchNorm statistics re-estimated on {used} clean train images ({count} batch{'es' if count > 1 else ''})"

@@ -444,8 +444,8 @@ def check_claim(claim: Claim, runs: Sequence[RunRecord], confidence: float = 0.9
     """The seed-paired difference (method - reference) of max val F1 behind ``claim``, and a verdict.
 
     With an interval: ``better`` holds when it lies above 0 and is contradicted below 0;
-    ``not better`` holds below 0, is contradicted above 0 and otherwise "not contradicted"; ``similar`` is contradicted when it excludes 0 and
-    otherwise only "not contradicted" (its width says how similar the methods are shown to be).
+    ``not better`` holds below 0, is contradicted above 0 and otherwise "not contradicted";
+    ``similar`` is contradicted when it excludes 0 and otherwise only "not contradicted" (its width says how similar the methods are shown to be).
     Anything else, or a single pair (no interval), is "not shown" / "one seed". Keys:
     ``n``, ``mean``, ``low``, ``high`` (None where undefined) and ``verdict``.
     """

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fernoise.batchnorm import recalibrate_batchnorm
+from fernoise.batchnorm import recalibrate_on_images
 from fernoise.checkpoint import CheckpointError, inference_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fernoise.config import SPEED_ONLY, TrainConfig, config_changes
 from fernoise.data import (
@@ -432,12 +431,9 @@ def _recalibrate(run: _Run, epoch: int) -> None:
     """BatchNorm statistics from ``cfg.bn_recalibrate`` clean training batches, drawn with a generator of
     their own (so the training stream, and resuming, are unaffected)."""
     cfg, ddp = run.cfg, run.ddp
-    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    batches = iterate_batches(run.data.train_images, run.data.train_labels, cfg.batch_size // ddp.world_size,
-                              shuffle=True, generator=generator, rank=ddp.rank, world_size=ddp.world_size,
-                              device=run.device)
-    clean = (run.augment(images, train=False) for images, _ in itertools.islice(batches, cfg.bn_recalibrate))
-    recalibrate_batchnorm(run.model, clean)
+    recalibrate_on_images(run.model, run.data.train_images, run.data.train_labels, run.augment, cfg.bn_recalibrate,
+                          cfg.batch_size // ddp.world_size, torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
+                          rank=ddp.rank, world_size=ddp.world_size, device=run.device)
 
 
 def _record(run: _Run, epoch: int, row: dict[str, Any]) -> bool:
