@@ -162,7 +162,7 @@ def pause_point(phase: str, epoch: int) -> None:
     """Fault injection for tests: with ``FERNOISE_PAUSE_AT=<phase>@<epoch>`` the process writes the
     file named by ``FERNOISE_PAUSE_MARKER`` and stops itself (SIGSTOP) here, to be killed at a known phase."""
     if os.environ.get("FERNOISE_PAUSE_AT") == f"{phase}@{epoch}":
-        Path(os.environ["FERNOISE_PAUSE_MARKER"]).write_text(phase)
+        write_text_atomic(os.environ["FERNOISE_PAUSE_MARKER"], phase)  # the waiting test never reads it half-written
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
