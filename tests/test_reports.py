@@ -24,6 +24,7 @@ from fernoise.reports import (
     describe_runs,
     load_run,
     load_runs,
+    mean_std_cell,
     method_info,
     plot_confusion,
     t_quantile,
@@ -195,6 +196,18 @@ def test_table1_matches_hand_computed_statistics(full_grid: Path, tmp_path: Path
     assert f"{base['val_f1_mean']:.4f} ± {base['val_f1_std']:.4f} (n=3)" in table
     assert f"| Validation macro-F1 (final epoch) | {base['final_val_f1_mean']:.4f} ± " in table
     assert "Test macro-F1" in table and "—" in table
+
+
+@pytest.mark.parametrize("values, fmt, cell", [
+    ([0.1438, 0.1406, 0.1408], ".4g", "0.1417 ± 0.0018 (n=3)"),  # std to the mean's last digit
+    ([1.0146, 1.0059, 1.0041], ".4g", "1.008 ± 0.006 (n=3)"),
+    ([41.2, 40.1], ".4g", "40.65 ± 0.78 (n=2)"),
+    ([0.5347, 0.5510], ".4f", "0.5429 ± 0.0115 (n=2)"),
+    ([0.5], ".4f", "0.5000 (n=1)"),
+    ([], ".4f", "—"),
+])
+def test_table_cells_give_the_spread_as_many_decimals_as_the_mean(values, fmt, cell):
+    assert mean_std_cell(values, fmt) == cell
 
 
 def test_compare_to_baseline_paired_by_seed(full_grid: Path):

@@ -488,8 +488,11 @@ def _claims_markdown(runs: Sequence[RunRecord], confidence: float = 0.95) -> str
 def _cell(mean: float | None, std: float | None, n: int, fmt: str) -> str:
     if mean is None:
         return "—"
-    spread = f" ± {std:{fmt}}" if std is not None else ""
-    return f"{mean:{fmt}}{spread} (n={n})"
+    shown = f"{mean:{fmt}}"
+    # the spread to the mean's last shown digit: 0.1417 ± 0.0018, not ± 0.001796
+    decimals = len(shown.partition(".")[2]) if "e" not in shown.lower() else None
+    spread = "" if std is None else f" ± {std:.{decimals}f}" if decimals is not None else f" ± {std:{fmt}}"
+    return f"{shown}{spread} (n={n})"
 
 
 def mean_std_cell(values: Sequence[float], fmt: str) -> str:
