@@ -214,7 +214,7 @@ def score_checkpoint(
         epoch=checkpoint.get("epoch"),
         bn_recalibrated=recalibrated,
     )
-    scores["selection"] = "; ".join([scores["chosen"], f"scored {scores['n']}, {left_out}"] + [recalibrated] * bool(recalibrated))
+    scores["selection"] = "; ".join(filter(None, [scores["chosen"], f"scored {scores['n']}, {left_out}", recalibrated]))
     return scores
 
 

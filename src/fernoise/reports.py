@@ -489,10 +489,11 @@ def _cell(mean: float | None, std: float | None, n: int, fmt: str) -> str:
     if mean is None:
         return "—"
     shown = f"{mean:{fmt}}"
+    if std is None:
+        return f"{shown} (n={n})"
     # the spread to the mean's last shown digit: 0.1417 ± 0.0018, not ± 0.001796
-    decimals = len(shown.partition(".")[2]) if "e" not in shown.lower() else None
-    spread = "" if std is None else f" ± {std:.{decimals}f}" if decimals is not None else f" ± {std:{fmt}}"
-    return f"{shown}{spread} (n={n})"
+    spread_fmt = fmt if "e" in shown.lower() else f".{len(shown.partition('.')[2])}f"
+    return f"{shown} ± {std:{spread_fmt}} (n={n})"
 
 
 def mean_std_cell(values: Sequence[float], fmt: str) -> str:
