@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -30,6 +31,13 @@ def _cmd(*args: str) -> list[str]:
 
 def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "2"}
+
+
+def _wait_for(event: Callable[[], bool], process: subprocess.Popen) -> None:
+    """Poll until ``event()`` holds, however slow the machine; fail only if ``process`` ends first."""
+    while not event():
+        assert process.poll() is None, f"the process ended (status {process.returncode}) before the awaited event"
+        time.sleep(0.05)
 
 
 def _without_seconds(run: Path) -> list[dict]:
@@ -55,9 +63,7 @@ def test_sigkill_at_any_point_then_resume_matches_the_uninterrupted_run(tmp_path
     env = {**_env(), "FERNOISE_PAUSE_AT": phase, "FERNOISE_PAUSE_MARKER": str(marker)}
     process = subprocess.Popen(_cmd("train", "--out", str(run), *TRAIN), env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not marker.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    _wait_for(marker.exists, process)
     assert marker.read_text() == phase.split("@")[0], "the run never reached the phase"
     process.send_signal(signal.SIGKILL)  # the process stopped itself there
     process.wait()
@@ -76,9 +82,7 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(tmp_path):
     args = [a if a != "4" else "50" for a in TRAIN]
     process = subprocess.Popen(_cmd("train", "--out", str(run), *args), env=_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
-        time.sleep(0.2)
+    _wait_for(lambda: (run / "checkpoints" / "last.pt").exists(), process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
@@ -92,9 +96,7 @@ def test_sigterm_stops_concurrent_reproduce_workers_and_it_resumes(tmp_path):
     args = ["reproduce", "--methods", "baseline", "periodic", "--seeds", "1", "--jobs", "2", "--out", str(out),
             *[a if a != "4" else "300" for a in TRAIN if a not in ("--method", "dynamic")], "--quiet"]
     process = subprocess.Popen(_cmd(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while not list(out.glob("*/checkpoints/last.pt")) and time.time() < deadline:
-        time.sleep(0.2)
+    _wait_for(lambda: bool(list(out.glob("*/checkpoints/last.pt"))), process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and "run the same command again to resume" in stderr
