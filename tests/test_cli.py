@@ -71,6 +71,21 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path):
     assert drop(_metrics(tmp_path / "b")) == drop(_metrics(tmp_path / "a"))
 
 
+def test_a_run_from_before_autorelu_grad_existed_resumes(tmp_path):
+    from fernoise.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "old"
+    fernoise("train", "--method", "dynamic", "--autorelu-grad", "exact", "--epochs", "1", "--out", str(run), *TINY)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    del config["autorelu_grad"]  # as written before the key existed: such runs used the exact gradient
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    state = load_checkpoint(run / "checkpoints" / "last.pt", resume=True)
+    del state["config"]["autorelu_grad"]
+    save_checkpoint(run / "checkpoints" / "last.pt", state)
+    fernoise("train", "--resume", str(run), "--epochs", "2", "--quiet")
+    assert [int(r["epoch"]) for r in _metrics(run)] == [1, 2]
+
+
 def test_reproduce_tiny_grid_writes_the_report(tmp_path):
     out = tmp_path / "grid"
     args = ["reproduce", "--methods", "baseline", "periodic", "dynamic", "--seeds", "2", "--epochs", "2",

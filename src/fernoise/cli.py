@@ -250,16 +250,14 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fernoise.config import resolve_config
-    from fernoise.config import preset_path
+    from fernoise.config import preset_path, resolve_config, resolve_run_config
     from fernoise.train import train
 
     if args.resume:
         out = Path(args.resume)
         if not (out / "config.yaml").is_file():
             raise FileNotFoundError(f"{out}: no config.yaml, so there is no run to resume")
-        allowed = {"epochs": args.epochs, "device": args.device}
-        cfg = resolve_config(out / "config.yaml", **allowed)
+        cfg = resolve_run_config(out, epochs=args.epochs, device=args.device)
     else:
         config_file = preset_path(args.config) if args.config else None
         cfg = resolve_config(config_file, data=args.data, method=args.method, seed=args.seed, **_overrides(args))

@@ -300,6 +300,23 @@ def load_config_file(path: PathLike) -> dict[str, Any]:
     return values
 
 
+def run_config_values(run_dir: PathLike) -> dict[str, Any]:
+    """A run directory's ``config.yaml`` as checked values, with :data:`PREDATED`'s value for every key the
+    run predates: what that run did, not today's default."""
+    return {**PREDATED, **load_config_file(Path(run_dir) / "config.yaml")}
+
+
+def resolve_run_config(run_dir: PathLike, **overrides: Any) -> TrainConfig:
+    """The configuration of the run in ``run_dir`` (as :func:`run_config_values`), then every override that is not None."""
+    path = Path(run_dir) / "config.yaml"
+    values = run_config_values(run_dir)
+    values.update({key: _coerce(key, value) for key, value in overrides.items() if value is not None})
+    try:
+        return TrainConfig(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def resolve_config(config_file: Optional[PathLike] = None, **overrides: Any) -> TrainConfig:
     """Defaults, then the YAML file, then every override that is not None."""
     values = load_config_file(config_file) if config_file else {}
