@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fernoise.reports import load_run, trace_stats
+from fernoise.runs import load_run
+from fernoise.stats import trace_stats
 
 
 def main(folder: str) -> None:

@@ -5,6 +5,8 @@ import csv
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -374,13 +376,13 @@ def test_report_pairs_a_recalibrated_run_with_its_plain_twin(tmp_path: Path, mon
     assert len(drops) == 3 and effect["max_train_loss_diff"] == 0  # epochs 3-5 of PERIODIC_NOISE
     assert effect["recovered"] == pytest.approx(0.025 * len(drops))
     plotted = {}
-    plot_pair = reports._plot_pair
+    plot_pair = reports.plot_pair
 
     def spy(groups, methods, column, ylabel, title, path):
         plotted[path.name] = {method: [run.seed for run in groups[method]] for method in methods}
         plot_pair(groups, methods, column, ylabel, title, path)
 
-    monkeypatch.setattr(reports, "_plot_pair", spy)
+    monkeypatch.setattr(reports, "plot_pair", spy)
     report = write_report(runs, tmp_path / "out", "cmd", "data").read_text()
     assert plotted["bn_recal_f1_periodic.png"] == {"periodic": [0], "periodic+bn-recal": [0]}
     assert "| +Periodic | +Periodic (BN re-estimated) |" in report  # its own Table 1 column
@@ -428,6 +430,13 @@ def test_t_quantile_known_values():
     # Textbook two-sided 95% critical values; independent of scipy.
     for df, value in ((1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (30, 2.042)):
         assert t_quantile(0.975, df) == pytest.approx(value, abs=5e-4)
+
+
+def test_the_statistics_and_run_reading_need_no_matplotlib():
+    code = ("import sys; import fernoise.stats, fernoise.runs; "
+            "print(sorted(m for m in sys.modules if m.startswith('matplotlib')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_missing_pair_is_noted_not_fatal(tmp_path: Path):

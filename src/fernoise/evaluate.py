@@ -35,6 +35,26 @@ from fernoise.io import PathLike, write_text_atomic
 from fernoise.metrics import classification_scores
 
 
+def shifted(inputs: torch.Tensor, dx: int, dy: int, fill: torch.Tensor) -> torch.Tensor:
+    """``inputs`` (N, C, H, W) moved ``dx`` pixels right and ``dy`` down; uncovered pixels take ``fill`` (C, 1, 1)."""
+    n, c, h, w = inputs.shape
+    pad = max(abs(dx), abs(dy))
+    canvas = fill.to(inputs.dtype).expand(n, c, h + 2 * pad, w + 2 * pad).clone()
+    canvas[:, :, pad:pad + h, pad:pad + w] = inputs
+    return canvas[:, :, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+
+
+def tta_views(inputs: torch.Tensor, flip: bool, shift: int, fill: torch.Tensor) -> list[torch.Tensor]:
+    """The test-time views of a normalised batch: itself; with ``flip`` its mirror image too; with
+    ``shift`` each of those also moved ``shift`` pixels left, right, up and down (1, 2, 5 or 10 views).
+    ``fill`` is what the moves uncover: black, as the training augmentation's shifts bring in."""
+    views = [inputs, inputs.flip(3)] if flip else [inputs]
+    if shift:
+        moves = ((shift, 0), (-shift, 0), (0, shift), (0, -shift))
+        views += [shifted(view, dx, dy, fill) for view in list(views) for dx, dy in moves]
+    return views
+
+
 @torch.no_grad()
 def predict_arrays(
     model: nn.Module,
@@ -43,20 +63,24 @@ def predict_arrays(
     device: torch.device,
     batch_size: int = 256,
     tta_flip: bool = False,
+    *,
+    tta_shift: int = 0,
 ) -> torch.Tensor:
     """Logits (on the CPU) for uint8 (N, H, W, C) images, in order, in eval mode.
 
     ``augment`` resizes and converts grey/colour to the model's channels, so images of
-    another data set can be scored as they are.
+    another data set can be scored as they are. With test-time augmentation (:func:`tta_views`)
+    the logits are the log of the views' mean softmax.
     """
     model.eval()
     outputs = []
     dummy = np.zeros(len(images), dtype=np.int64)
+    black = augment.normalize_black().to(device)
     for batch, _ in iterate_batches(images, dummy, batch_size, shuffle=False, device=device):
-        inputs = augment(batch, train=False)
-        logits = model(inputs)
-        if tta_flip:
-            logits = (logits.softmax(1) + model(inputs.flip(3)).softmax(1)).log()
+        views = tta_views(augment(batch, train=False), tta_flip, tta_shift, black)
+        logits = model(views[0])
+        if len(views) > 1:
+            logits = torch.stack([logits.softmax(1), *(model(v).softmax(1) for v in views[1:])]).mean(0).log()
         outputs.append(logits.float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0, 0)
 
@@ -80,9 +104,11 @@ def evaluate_arrays(
     batch_size: int = 256,
     tta_flip: bool = False,
     class_names: Optional[list[str]] = None,
+    *,
+    tta_shift: int = 0,
 ) -> dict[str, Any]:
     """Loss, macro-F1, accuracy and per-class scores of ``model`` on labelled arrays."""
-    logits = predict_arrays(model, images, augment, device, batch_size, tta_flip)
+    logits = predict_arrays(model, images, augment, device, batch_size, tta_flip, tta_shift=tta_shift)
     return scores_from_logits(logits, labels, class_names or [str(i) for i in range(num_classes)])
 
 
@@ -264,7 +290,7 @@ def write_evaluation(scores: dict[str, Any], json_path: Optional[PathLike], conf
     if json_path:
         write_text_atomic(json_path, json.dumps(scores, indent=2) + "\n")
     if confusion_png:
-        from fernoise.reports import plot_confusion
+        from fernoise.figures import plot_confusion
 
         plot_confusion(
             np.asarray(scores["confusion"]), scores["classes"], Path(confusion_png),
@@ -356,7 +382,7 @@ def _by_method(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
 
 def runs_markdown(result: dict[str, Any]) -> str:
     """The per-run table and, per method, mean ± sample std over its runs."""
-    from fernoise.reports import mean_std_cell
+    from fernoise.table import mean_std_cell
 
     lines = [f"Scored on {result['selection']}", "",
              "| run | method | seed | epoch | macro-F1 | accuracy | n | left out |", "|---|---|---|---|---|---|---|---|"]

@@ -17,7 +17,8 @@ import yaml
 
 from fernoise.config import METHODS, PAPER_METHODS, SPEED_ONLY, ConfigError, TrainConfig, config_changes, resolve_config
 from fernoise.io import PathLike
-from fernoise.reports import describe_runs, format_duration, load_runs, write_report
+from fernoise.reports import describe_runs, format_duration, write_report
+from fernoise.runs import load_runs
 from fernoise.train import TrainingError, prepare_data, train
 
 

@@ -3,7 +3,7 @@
 ``metrics.csv`` holds one row per epoch (:data:`METRIC_COLUMNS`, then ``skipped_steps``
 and ``autorelu_w`` where a run has them); ``autorelu_trace.csv`` one row per training step
 of a dynamic run (``epoch``, ``step`` and :data:`fernoise.noise.TRACE_COLUMNS`). Both are
-written whole and atomically after every epoch. :mod:`fernoise.reports` reads them.
+written whole and atomically after every epoch. :mod:`fernoise.runs` reads them.
 """
 from __future__ import annotations
 

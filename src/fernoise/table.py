@@ -1,0 +1,99 @@
+"""The report's tables as Markdown and CSV: Table 1 (the paper's layout), the paired differences
+to the baseline and the paper's claims.
+
+A cell shows ``mean ± std (n=N)``, the spread to the mean's last shown digit.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any, Mapping, Sequence
+
+from fernoise.io import PathLike, write_text_atomic
+from fernoise.runs import RunRecord
+from fernoise.stats import COMPARED, PAPER_CLAIMS, TABLE_ROWS, check_claim, mean_std
+
+
+def _cell(mean: float | None, std: float | None, n: int, fmt: str) -> str:
+    if mean is None:
+        return "—"
+    shown = f"{mean:{fmt}}"
+    if std is None:
+        return f"{shown} (n={n})"
+    # the spread to the mean's last shown digit: 0.1417 ± 0.0018, not ± 0.001796
+    spread_fmt = fmt if "e" in shown.lower() else f".{len(shown.partition('.')[2])}f"
+    return f"{shown} ± {std:{spread_fmt}} (n={n})"
+
+
+def mean_std_cell(values: Sequence[float], fmt: str) -> str:
+    """``mean ± std (n=N)`` of ``values`` (sample std), as the tables show it."""
+    return _cell(*mean_std(values), len(values), fmt)
+
+
+def table1_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Paper layout: methods as columns, quantities as rows; test rows only when some run has them."""
+    lines = [
+        "| | " + " | ".join(row["label"] for row in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for key, _, title, fmt in TABLE_ROWS:
+        if not any(row[f"{key}_n"] for row in rows):
+            continue
+        cells = [_cell(row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_n"], fmt) for row in rows]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nCells: mean ± sample std (ddof=1) over seeds, n = number of seeds.\n"
+
+
+def write_table1_md(rows: Sequence[Mapping[str, Any]], path: PathLike) -> None:
+    write_text_atomic(path, "# Table 1\n\n" + table1_markdown(rows))
+
+
+def write_table1_csv(rows: Sequence[Mapping[str, Any]], path: PathLike) -> None:
+    """One line per method; empty cells where a statistic is undefined; seeds joined by ';'."""
+    columns = ["method", "label", "n_seeds", "seeds"]
+    columns += [f"{key}_{stat}" for key, *_ in TABLE_ROWS for stat in ("mean", "std", "n")]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        values = {**row, "seeds": ";".join(map(str, row["seeds"]))}
+        writer.writerow(["" if values[c] is None else values[c] for c in columns])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def comparison_markdown(rows: Sequence[Mapping[str, Any]], baseline_label: str) -> str:
+    level = f"{rows[0]['confidence']:.0%}" if rows else "95%"
+    header = "| Method | paired seeds | "
+    header += " | ".join(f"{title} (mean ± std) | {level} CI" for _, _, title in COMPARED)
+    lines = [header + " |", "|---|---|" + "---|---|" * len(COMPARED)]
+    for row in rows:
+        cells = [row["label"], str(row["n"])]
+        for key, _, _ in COMPARED:
+            mean, std = row[f"{key}_diff_mean"], row[f"{key}_diff_std"]
+            cells.append("—" if mean is None else f"{mean:+.4f}" + ("" if std is None else f" ± {std:.4f}"))
+            low, high = row[f"{key}_diff_ci_low"], row[f"{key}_diff_ci_high"]
+            cells.append("n/a" if low is None else f"[{low:+.4f}, {high:+.4f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [
+        f"Δ = method − {baseline_label}, paired by seed; positive Δ F1 is better, negative Δ loss is a lower "
+        f"training loss. CI: t distribution with n−1 degrees of freedom; n/a for a single pair."
+    ]
+    notes += [
+        f"{row['label']}: seeds {row['unpaired_seeds']} have no {baseline_label} run and are left out."
+        for row in rows
+        if row["unpaired_seeds"]
+    ]
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes)
+
+
+def claims_markdown(runs: Sequence[RunRecord], confidence: float = 0.95) -> str:
+    lines = [f"| The paper's claim | Δ max val F1 (method − reference) | {confidence:.0%} CI | paired seeds | verdict |",
+             "|---|---|---|---|---|"]
+    for claim in PAPER_CLAIMS:
+        c = check_claim(claim, runs, confidence)
+        mean = "—" if c["mean"] is None else f"{c['mean']:+.4f}"
+        interval = "n/a" if c["low"] is None else f"[{c['low']:+.4f}, {c['high']:+.4f}]"
+        lines.append(f"| {claim.text} | {mean} | {interval} | {c['n']} | {c['verdict']} |")
+    return ("Each claim as a seed-paired difference in max validation macro-F1 with a t interval. A verdict "
+            "holds or is contradicted only when the interval says so; with few seeds most intervals are wide, "
+            "so \"not shown\" is a common and honest outcome.\n\n" + "\n".join(lines))
