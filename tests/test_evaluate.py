@@ -136,12 +136,13 @@ def test_bn_recalibrate_replaces_the_saved_statistics_with_the_train_splits(tmp_
 # --------------------------------------------------------------------------- a directory of runs
 
 
-def _run(root: Path, model_file: Path, method: str, seed: int) -> Path:
+def _run(root: Path, model_file: Path, method: str, seed: int, **config) -> Path:
     run = root / f"{method}-seed{seed}"
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text(f"method: {method}\nseed: {seed}\n")
     checkpoint = load_checkpoint(model_file)
-    save_checkpoint(run / "checkpoints" / "best.pt", {**checkpoint, "config": {"method": method, "seed": seed}, "epoch": 3})
+    config = {"method": method, "seed": seed, **config}
+    save_checkpoint(run / "checkpoints" / "best.pt", {**checkpoint, "config": config, "epoch": 3})
     return run
 
 
@@ -175,6 +176,39 @@ def test_a_directory_of_runs_gives_one_table_and_prepares_the_data_once(tmp_path
     assert main(args) == 2
     out, err = capsys.readouterr()
     assert "| periodic-seed0 |" in out and "dynamic-seed0: " in out and "not a PyTorch checkpoint" in out
+
+
+def test_a_bn_recalibrated_run_is_its_own_method_not_another_seed(tmp_path, model_file, capsys):
+    _run(tmp_path / "runs" / "grid", model_file, "periodic", 0)
+    _run(tmp_path / "runs" / "grid-bnrecal", model_file, "periodic", 0, bn_recalibrate=20)
+    data = make_folders(tmp_path / "CK", splits=None, classes=CLASSES, per_class=2)
+    assert main(["evaluate", str(tmp_path / "runs"), "--data", str(data), "--cache-dir", str(tmp_path / "cache"),
+                 "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| grid-bnrecal/periodic-seed0 | periodic+bn-recal | 0 |" in out
+    per_method = out.split("| method | macro-F1 | accuracy |")[1]
+    assert "| periodic | " in per_method and "| periodic+bn-recal | " in per_method and "(n=2)" not in per_method
+
+
+def _row(run: str, method: str, seed: int, f1: float) -> dict:
+    return {"run": run, "method": method, "seed": seed, "epoch": 20, "macro_f1": f1, "accuracy": f1, "n": 10,
+            "excluded": 0}
+
+
+def test_the_same_seed_of_other_experiments_is_shown_apart_not_pooled():
+    from fernoise.evaluate import runs_markdown
+
+    rows = [_row("fer2013/baseline-seed0", "baseline", 0, 0.45), _row("fer2013/periodic-seed0", "periodic", 0, 0.5),
+            _row("fer2013/periodic-seed1", "periodic", 1, 0.6), _row("fer2013-38ep/periodic-seed0", "periodic", 0, 0.4)]
+    per_method = runs_markdown({"selection": "faces", "runs": rows, "skipped": []}).split("| accuracy |\n|---|")[1]
+    assert per_method.splitlines()[1:4] == [
+        "| baseline | 0.4500 (n=1) | 0.4500 (n=1) |",
+        "| periodic (fer2013) | 0.5500 ± 0.0707 (n=2) | 0.5500 ± 0.0707 (n=2) |",
+        "| periodic (fer2013-38ep) | 0.4000 (n=1) | 0.4000 (n=1) |",
+    ]
+    with pytest.raises(ValueError, match="two runs of method 'periodic' with seed 0: fer2013/periodic-seed0 and "):
+        runs_markdown({"selection": "faces", "runs": rows + [_row("fer2013/periodic-copy", "periodic", 0, 0.1)],
+                       "skipped": []})
 
 
 def test_caches_from_before_source_splits_still_tell_a_carved_val_split(tmp_path):

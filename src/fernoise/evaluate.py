@@ -33,6 +33,8 @@ from fernoise.data.packed import SPLITS
 from fernoise.distributed import resolve_device
 from fernoise.io import PathLike, write_text_atomic
 from fernoise.metrics import classification_scores
+from fernoise.runs import find_run_dirs, group_by_method, method_key
+from fernoise.table import mean_std_cell
 
 
 def shifted(inputs: torch.Tensor, dx: int, dy: int, fill: torch.Tensor) -> torch.Tensor:
@@ -235,7 +237,7 @@ def score_checkpoint(
         classes=model_classes,
         excluded=excluded,
         excluded_total=excluded_total,
-        method=config.get("method"),
+        method=method_key(config) if config.get("method") else None,
         seed=config.get("seed"),
         epoch=checkpoint.get("epoch"),
         bn_recalibrated=recalibrated,
@@ -303,17 +305,6 @@ def write_evaluation(scores: dict[str, Any], json_path: Optional[PathLike], conf
 TABLE_COLUMNS = ("run", "method", "seed", "epoch", "macro_f1", "accuracy", "n", "excluded")
 
 
-def find_runs(directory: PathLike) -> list[Path]:
-    """Run folders (with ``config.yaml``) in ``directory``, or ``directory`` itself when it is one."""
-    directory = Path(directory)
-    if (directory / "config.yaml").is_file():
-        return [directory]
-    runs = sorted(p.parent for p in directory.rglob("config.yaml"))
-    if not runs:
-        raise ValueError(f"{directory}: no run folders (with config.yaml) found, and it is not a checkpoint file")
-    return runs
-
-
 def table_row(run: str, scores: dict[str, Any]) -> dict[str, Any]:
     """One line of the runs table (:data:`TABLE_COLUMNS`), plus the full scores under ``scores``."""
     return {"run": run, **{k: scores[k] for k in TABLE_COLUMNS[1:-1]}, "excluded": scores["excluded_total"],
@@ -345,7 +336,7 @@ def evaluate_runs(
         skipped.append({"run": run, "reason": reason, "error": error})
         log(f"skipped {run}: {reason}")
 
-    for run in find_runs(directory):
+    for run in find_run_dirs([directory]):
         name = run.relative_to(directory).as_posix() if run != directory else run.name
         best = run / "checkpoints" / "best.pt"
         if not best.is_file():
@@ -370,20 +361,15 @@ def evaluate_runs(
 
 
 def _by_method(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Rows grouped by method, methods in the paper's order, then others by name."""
-    from fernoise.config import METHODS
-
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(str(row["method"]), []).append(row)
-    order = [m for m in METHODS if m in groups] + sorted(m for m in groups if m not in METHODS)
-    return {m: groups[m] for m in order}
+    """Rows grouped as ``reports`` groups runs (method plus BatchNorm re-estimation, one run per seed),
+    but a method whose seeds repeat is split by the folder its runs are in: ``evaluate results/`` must
+    not pool the same seed of different experiments as if they were more seeds."""
+    return group_by_method(rows, lambda row: str(row["method"]), lambda row: row["seed"],
+                           lambda row: Path(row["run"]), separate=True)
 
 
 def runs_markdown(result: dict[str, Any]) -> str:
-    """The per-run table and, per method, mean ± sample std over its runs."""
-    from fernoise.table import mean_std_cell
-
+    """The per-run table and, per method (see :func:`_by_method`), mean ± sample std over its runs."""
     lines = [f"Scored on {result['selection']}", "",
              "| run | method | seed | epoch | macro-F1 | accuracy | n | left out |", "|---|---|---|---|---|---|---|---|"]
     for row in result["runs"]:
@@ -394,7 +380,9 @@ def runs_markdown(result: dict[str, Any]) -> str:
         f1 = mean_std_cell([r["macro_f1"] for r in group], ".4f")
         acc = mean_std_cell([r["accuracy"] for r in group], ".4f")
         lines.append(f"| {method} | {f1} | {acc} |")
-    lines.append("\nPer method: mean ± sample std (ddof=1) over its runs, n = number of runs.")
+    lines.append("\nPer method: mean ± sample std (ddof=1) over its runs, n = number of runs; runs that re-estimated "
+                 "BatchNorm statistics are a method of their own (+bn-recal), and a method whose seeds repeat is "
+                 "shown once per folder of runs.")
     for entry in result["skipped"]:
         lines.append(f"skipped {entry['run']}: {entry['reason']}")
     return "\n".join(lines)
@@ -426,8 +414,8 @@ def evaluate_command(args: Any) -> int:
         if args.confusion:
             raise ValueError(f"--confusion needs one checkpoint file; {args.checkpoint} is a directory of runs")
         result = evaluate_runs(args.checkpoint, args.data, split=args.split, log=lambda _: None, **options, **scoring)
+        write_runs(result, args.json, args.csv)  # first: the scores are kept should the grouping refuse the runs
         print(runs_markdown(result))
-        write_runs(result, args.json, args.csv)
         return 2 if any(entry["error"] for entry in result["skipped"]) else 0
     scores = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, **options, **scoring)
     print(format_scores(scores))
