@@ -205,6 +205,9 @@ def test_table1_matches_hand_computed_statistics(full_grid: Path, tmp_path: Path
     ([1.0146, 1.0059, 1.0041], ".4g", "1.008 ± 0.006 (n=3)"),
     ([41.2, 40.1], ".4g", "40.65 ± 0.78 (n=2)"),
     ([0.5347, 0.5510], ".4f", "0.5429 ± 0.0115 (n=2)"),
+    ([0.4013, 0.4187], ".4g", "0.4100 ± 0.0123 (n=2)"),  # a mean ending in 0 keeps its digits, and so the spread
+    ([2.0, 2.0], ".4g", "2.000 ± 0.000 (n=2)"),
+    ([1234.0, 1236.0], ".4g", "1235 ± 1 (n=2)"),
     ([0.5], ".4f", "0.5000 (n=1)"),
     ([], ".4f", "—"),
 ])
@@ -292,6 +295,12 @@ def test_claims_without_an_interval_get_no_verdict(tmp_path: Path):
     assert claims["dropout"]["verdict"] == "not contradicted: the interval contains 0" and claims["dropout"]["low"] < 0
     assert claims["dynamic"]["verdict"] == "not measured (no paired runs)" and claims["dynamic"]["n"] == 0
     assert claims["dropout+periodic"]["verdict"] == "not measured (no paired runs)"
+
+
+def test_a_diverged_run_leaves_its_claim_undetermined(tmp_path: Path):
+    runs = _runs_with_best_f1(tmp_path / "runs", {"baseline": [0.4, 0.5, 0.45], "periodic": [math.nan, 0.6, 0.55]})
+    claim = next(claim for claim in PAPER_CLAIMS if claim.method == "periodic")
+    assert check_claim(claim, runs)["verdict"] == "undetermined: a run diverged"
 
 
 def test_report_command_reports_the_finished_runs_and_names_the_unfinished(

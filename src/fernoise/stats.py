@@ -176,7 +176,8 @@ def check_claim(claim: Claim, runs: Sequence[RunRecord], confidence: float = 0.9
     With an interval: ``better`` holds when it lies above 0 and is contradicted below 0;
     ``not better`` holds below 0, is contradicted above 0 and otherwise "not contradicted";
     ``similar`` is contradicted when it excludes 0 and otherwise only "not contradicted" (its width says how similar the methods are shown to be).
-    Anything else, or a single pair (no interval), is "not shown" / "one seed". Keys:
+    Anything else, or a single pair (no interval), is "not shown" / "one seed"; a NaN or infinite difference (a
+    run that diverged) is "undetermined", as no interval can say anything of it. Keys:
     ``n``, ``mean``, ``low``, ``high`` (None where undefined) and ``verdict``.
     """
     row = next((r for r in compare_to_baseline(runs, claim.reference, confidence) if r["method"] == claim.method),
@@ -185,6 +186,8 @@ def check_claim(claim: Claim, runs: Sequence[RunRecord], confidence: float = 0.9
         return {"n": 0, "mean": None, "low": None, "high": None, "verdict": "not measured (no paired runs)"}
     mean, low, high = row["val_f1_diff_mean"], row["val_f1_diff_ci_low"], row["val_f1_diff_ci_high"]
     result = {"n": row["n"], "mean": mean, "low": low, "high": high}
+    if not math.isfinite(mean):
+        return {**result, "verdict": "undetermined: a run diverged"}
     if low is None:
         return {**result, "verdict": "one seed: no interval, no verdict"}
     above, below = low > 0, high < 0

@@ -17,7 +17,8 @@ from fernoise.stats import COMPARED, PAPER_CLAIMS, TABLE_ROWS, check_claim, mean
 def _cell(mean: float | None, std: float | None, n: int, fmt: str) -> str:
     if mean is None:
         return "—"
-    shown = f"{mean:{fmt}}"
+    # '#' keeps a general format's trailing zeros (0.4100, not 0.41), so the spread below gets every digit
+    shown = f"{mean:#{fmt}}".rstrip(".")
     if std is None:
         return f"{shown} (n={n})"
     # the spread to the mean's last shown digit: 0.1417 ± 0.0018, not ± 0.001796
