@@ -354,3 +354,22 @@ def test_batchnorm_recalibration_restores_the_statistics_of_a_clean_pass(arch):
         torch.testing.assert_close(a.running_var, b.running_var)
         assert a.momentum == 0.1
     assert model.training and all(flip.active for flip in model.modules() if isinstance(flip, SignFlip))
+
+
+def test_batchnorm_recalibration_restores_each_modules_mode_and_momentum_when_a_forward_fails():
+    from fernoise.batchnorm import recalibrate_batchnorm
+
+    model = build_model("resnet18", 7).train()
+    model.bn1.eval()  # a frozen BatchNorm stays frozen
+    model.bn1.momentum = 0.3
+    modes = {name: m.training for name, m in model.named_modules()}
+
+    def batches():
+        yield torch.randn(2, 3, 32, 32)
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        recalibrate_batchnorm(model, batches())
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert model.bn1.momentum == 0.3
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m is not model.bn1)

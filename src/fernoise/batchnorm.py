@@ -20,20 +20,24 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     their running statistics with noisy features, and evaluation normalises with them.
     Here the statistics are reset and recomputed as the plain average over the given
     batches (``momentum=None``), with all noise, dropout and everything else but the
-    BatchNorm layers in eval mode. The model's training mode is restored afterwards.
+    BatchNorm layers in eval mode. Every module's mode and every momentum are restored afterwards,
+    also when a forward pass raises (the statistics are then those of the batches seen so far).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    was_training, momenta = model.training, [bn.momentum for bn in norms]
-    model.eval()
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.training = True  # not .train(): inject_noise puts the noise inside the BN module
-    for inputs in batches:
-        model(inputs)
-    for bn, momentum in zip(norms, momenta):
-        bn.momentum = momentum
-    model.train(was_training)
+    modes, momenta = [(m, m.training) for m in model.modules()], [bn.momentum for bn in norms]
+    try:
+        model.eval()
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.training = True  # not .train(): inject_noise puts the noise inside the BN module
+        for inputs in batches:
+            model(inputs)
+    finally:
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+        for module, training in modes:
+            module.training = training
 
 
 def recalibrate_on_images(model: nn.Module, images: Any, labels: Any, augment: Any, batches: int, batch_size: int,
