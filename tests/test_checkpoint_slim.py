@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fernoise.checkpoint import RESUME_KEYS, load_checkpoint, model_from_checkpoint
+from fernoise.checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint, model_from_checkpoint
 from fernoise.cli import main
 from fernoise.config import TrainConfig
 from fernoise.data import Augmenter
@@ -131,3 +131,20 @@ def test_export_needs_an_output_and_half_is_for_checkpoints(files, tmp_path, cap
     assert main(["export", str(files["slim"]), "--onnx", str(tmp_path / "m.onnx"), "--half"]) == 2
     assert "--half applies to --pt" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("half, copier", [(False, "inference_checkpoint"), (True, "half_precision")])
+def test_export_checks_the_copy_it_writes_not_the_source(files, tmp_path, monkeypatch, half, copier):
+    import fernoise.export as export
+
+    make_copy = getattr(export, copier)
+
+    def losing_a_tensor(checkpoint):
+        slim = make_copy(checkpoint)
+        return {**slim, "state_dict": dict(list(slim["state_dict"].items())[1:])}
+
+    monkeypatch.setattr(export, copier, losing_a_tensor)
+    out = tmp_path / "copy.pt"
+    with pytest.raises(CheckpointError, match=r"copy\.pt \(the copy of .*best\.pt\): weights do not fit"):
+        export.export_checkpoint(files["slim"], out, half=half)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no staging file left

@@ -357,6 +357,13 @@ def test_export_explains_missing_packages(tmp_path, checkpoint, monkeypatch):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_onnx_engine_leaves_the_callers_model_in_its_mode():
+    pytest.importorskip("onnxruntime")
+    model = build_model("resnet18", len(CLASSES), in_channels=1).train()
+    Predictor(model, CLASSES, SPEC, detector="none", engine="onnx")
+    assert all(module.training for module in model.modules())
+
+
 @pytest.mark.parametrize("noise", ["none", "dynamic"])
 def test_onnx_engine_gives_the_same_probabilities_as_torch(tmp_path, noise):
     pytest.importorskip("onnxruntime")
