@@ -3,15 +3,20 @@
 # metrics.csv, summary.json, and a dynamic run's AutoReLU trace), never checkpoints or TensorBoard
 # events, and each folder's report files once written. Loops every $EVERY seconds (default 300)
 # until killed, so that a grid running beside it loses at most its current run when the machine
-# goes away.
+# goes away; EVERY=0 commits once and stops.
 #   scripts/commit_runs.sh results/fer2013 results/fer2013-bnrecal
 set -u
+shopt -s nullglob  # a pattern that matches nothing (a report without figures) drops out, not fails git add
 cd "$(dirname "$0")/.."
 EVERY=${EVERY:-300}
 
 commit() {  # message, then paths: commit only these paths, whatever else is staged
   local message=$1; shift
-  git add -- "$@" 2>/dev/null || return
+  [ $# -gt 0 ] || return 0
+  if ! git add -- "$@"; then
+    echo "commit_runs.sh: cannot add $*; not committed" >&2
+    return 1
+  fi
   if ! git diff --cached --quiet -- "$@"; then
     git commit -q -m "$message" -- "$@" && echo "$message"
   fi
@@ -36,5 +41,6 @@ while true; do
   for root in "$@"; do
     commit_folder "$root"
   done
+  [ "$EVERY" = 0 ] && break
   sleep "$EVERY"
 done

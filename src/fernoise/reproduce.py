@@ -139,6 +139,27 @@ def _worker(cfg_dict: dict[str, Any], run_dir: str, gpu: Optional[int]) -> None:
     ensure_run(TrainConfig(**cfg_dict), Path(run_dir), True, lambda msg: print(msg, flush=True))
 
 
+def _gpus_for(configs: Sequence[TrainConfig]) -> list[Optional[int]]:
+    """The GPU each run trains on, the runs spread over the GPUs in turn; None for a run on the CPU."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    on_cuda = [gpus > 0 and cfg.device != "cpu" for cfg in configs]
+    return [sum(on_cuda[:i]) % gpus if cuda else None for i, cuda in enumerate(on_cuda)]
+
+
+def _stop_workers(workers: Sequence[Any], run_dirs: Sequence[Path]) -> None:
+    """Terminate these worker processes (only them: the caller may have children of its own) and
+    remove the temporary files of the writes they were killed in (``.last.pt.*.tmp``)."""
+    for process in workers:
+        process.terminate()
+    for process in workers:
+        process.join(timeout=30)
+    for run_dir in run_dirs:
+        for leftover in run_dir.rglob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+
 def _train_concurrently(todo: list[tuple[TrainConfig, Path]], jobs: int, quiet: bool,
                         log: Callable[[str], None]) -> None:
     """Train the runs in ``jobs`` worker processes; a failed run does not stop the others."""
@@ -146,9 +167,8 @@ def _train_concurrently(todo: list[tuple[TrainConfig, Path]], jobs: int, quiet: 
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpu_of = _gpus_for([cfg for cfg, _ in todo])
+    gpus = len({gpu for gpu in gpu_of if gpu is not None})
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log(f"training {len(todo)} runs, {jobs} at a time ({threads} CPU thread(s) each"
         f"{f', on {gpus} GPU(s)' if gpus else ''})")
@@ -157,8 +177,8 @@ def _train_concurrently(todo: list[tuple[TrainConfig, Path]], jobs: int, quiet: 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
         futures = {
-            pool.submit(_worker, cfg.to_dict(), str(run_dir), i % gpus if gpus else None): run_dir
-            for i, (cfg, run_dir) in enumerate(todo)
+            pool.submit(_worker, cfg.to_dict(), str(run_dir), gpu): run_dir
+            for (cfg, run_dir), gpu in zip(todo, gpu_of)
         }
         progress = None
         if not quiet:
@@ -174,10 +194,11 @@ def _train_concurrently(todo: list[tuple[TrainConfig, Path]], jobs: int, quiet: 
                     progress.update()
         except BaseException:
             # Ctrl-C or SIGTERM: stop the workers now rather than waiting for their runs to end;
-            # each run's last.pt (written atomically) is where the next reproduce resumes.
+            # each run's last.pt (written atomically) is where the next reproduce resumes. The pool
+            # names its processes only in a private attribute (Python 3.14 adds terminate_workers).
+            workers = list((pool._processes or {}).values())
             pool.shutdown(wait=False, cancel_futures=True)
-            for child in multiprocessing.active_children():
-                child.terminate()
+            _stop_workers(workers, [run_dir for _, run_dir in todo])
             raise
         finally:
             if progress is not None:

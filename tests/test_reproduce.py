@@ -1,0 +1,75 @@
+"""reproduce --jobs: which GPU each worker gets, and what an interrupt stops and cleans up; and
+scripts/commit_runs.sh, which commits a grid's small files as its runs finish."""
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fernoise import reproduce
+from fernoise.config import TrainConfig
+
+TINY = dict(train_limit=64, val_limit=32, image_size=32, batch_size=32, device="cpu", epochs=1)
+
+
+def test_runs_on_the_cpu_get_no_gpu_even_where_there_are_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cpu, auto = TrainConfig(device="cpu"), TrainConfig(device="auto")
+    assert reproduce._gpus_for([cpu, cpu]) == [None, None]
+    assert reproduce._gpus_for([auto, cpu, auto, auto]) == [0, None, 1, 0]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert reproduce._gpus_for([auto]) == [None]
+
+
+def test_an_interrupt_stops_only_its_own_workers_and_removes_their_temporary_files(tmp_path, monkeypatch):
+    todo = [(TrainConfig(method=method, **TINY), tmp_path / method) for method in ("baseline", "periodic")]
+    leftover = tmp_path / "baseline" / "checkpoints" / ".last.pt.x1y2.tmp"  # a write the kill cut short
+    bystander = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,))
+    bystander.start()
+
+    def interrupted(futures):
+        leftover.parent.mkdir(parents=True, exist_ok=True)
+        leftover.write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(concurrent.futures, "as_completed", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reproduce._train_concurrently(todo, 2, True, lambda _: None)
+        bystander.join(timeout=1)  # returns at once should it have been terminated
+        assert bystander.is_alive(), "a child that is not a worker was terminated"
+        assert [child for child in multiprocessing.active_children() if child is not bystander] == []  # workers gone
+        assert not leftover.exists()
+    finally:
+        bystander.terminate()
+        bystander.join()
+
+
+def test_commit_runs_commits_a_report_that_has_no_figures(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "scripts" / "commit_runs.sh", repo / "scripts")
+    run = repo / "results" / "grid" / "baseline-seed0"
+    (run / "checkpoints").mkdir(parents=True)
+    for path in (run / "config.yaml", run / "metrics.csv", run / "summary.json", run / "checkpoints" / "last.pt",
+                 run.parent / "report.md", run.parent / "table1.md", run.parent / "table1.csv"):  # no *.png
+        path.write_text("x\n")
+    env = {**os.environ, "EVERY": "0", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.org"}
+    subprocess.run(["git", "init", "-q"], cwd=repo, env=env, check=True)
+    done = subprocess.run(["bash", "scripts/commit_runs.sh", "results/grid"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, env=env, capture_output=True, text=True).stdout.split()
+    assert tracked == [f"results/grid/{name}" for name in (
+        "baseline-seed0/config.yaml", "baseline-seed0/metrics.csv", "baseline-seed0/summary.json",
+        "report.md", "table1.csv", "table1.md")]
