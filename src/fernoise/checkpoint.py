@@ -11,7 +11,8 @@ Keys: ``format``/``version``; ``model`` (the keyword arguments of
 ``std``); ``state_dict``; provenance: ``config``, ``data``, ``epoch``, ``best``
 (validation macro-F1 and its epoch), ``fernoise_version``; and, for resuming only,
 :data:`RESUME_KEYS` (``optimizer``, ``scheduler``, ``noise`` schedule state, ``rng``,
-``metrics``).
+``metrics``; with a weight average (``ema``), ``state_dict`` holds the averaged weights, the
+ones evaluated, and ``train_state_dict`` the trained ones with ``ema_updates``, the average's count).
 
 Training writes ``last.pt`` complete (it resumes) and ``best.pt`` as an inference
 checkpoint (:func:`inference_checkpoint`: ``"kind": "inference"``, no resume keys, about
@@ -36,7 +37,7 @@ from fernoise.version import __version__
 
 FORMAT = "fernoise-checkpoint"
 VERSION = 1
-RESUME_KEYS = ("optimizer", "scheduler", "noise", "rng", "metrics")
+RESUME_KEYS = ("optimizer", "scheduler", "noise", "rng", "metrics", "train_state_dict", "ema_updates")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch colours parts of its messages
 
 

@@ -37,7 +37,15 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g})")
     g.add_argument("--weight-decay", type=float, help=f"weight decay (default {d.weight_decay:g})")
     g.add_argument("--optimizer", choices=CHOICES["optimizer"], help=f"optimizer (default {d.optimizer})")
-    g.add_argument("--scheduler", choices=CHOICES["scheduler"], help="learning-rate schedule (default none)")
+    g.add_argument("--scheduler", choices=CHOICES["scheduler"],
+                   help="learning-rate schedule: none (default), cosine (per epoch) or onecycle (per step: linear "
+                        "warm-up over --warmup-epochs, then linear decay to zero)")
+    g.add_argument("--warmup-epochs", type=float, help="onecycle: epochs of linear warm-up (default 0)")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum for --optimizer sgd (default off)")
+    g.add_argument("--ema", type=float, metavar="DECAY",
+                   help="evaluate and save an exponential moving average of the weights with this decay per step, "
+                        "e.g. 0.999 (default 0: off)")
     g.add_argument("--interval", type=int, help=f"periodic interval T (default {d.interval})")
     g.add_argument("--interval-unit", choices=CHOICES["interval_unit"], help="what T counts (default epoch, as in the paper)")
     g.add_argument("--position", choices=CHOICES["position"], help="injection point in each block (default bn1)")
@@ -55,20 +63,29 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
                         "(default 0: off, as in the paper; the statistics then include noisy steps)")
     g.add_argument("--nonfinite", choices=CHOICES["nonfinite"], help="on a non-finite loss: stop (default) or skip the step")
     g.add_argument("--model", help="resnet18 (default), resnet34, torchvision:<name> or timm:<name>")
-    g.add_argument("--stem", choices=CHOICES["stem"], help="ResNet stem: imagenet 7x7/2 + max-pool (default) or small 3x3/1")
+    g.add_argument("--stem", choices=CHOICES["stem"],
+                   help="ResNet stem: imagenet 7x7/2 + max-pool (default; 48x48 faces reach layer1 at 12x12), "
+                        "half 3x3/2 (24x24) or small 3x3/1 (48x48)")
+    g.add_argument("--width", type=int, help=f"ResNet: channels of the first stage, doubled per stage (default {d.width})")
     g.add_argument("--image-size", type=int, help=f"face size in pixels (default {d.image_size})")
     g.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: from the data)")
     g.add_argument("--augment", choices=CHOICES["augment"], help="augmentation preset (default paper: flip only)")
     g.add_argument("--train-limit", type=int, help="train on a fixed random subset of this many images")
     g.add_argument("--val-limit", type=int, help="validate on a fixed random subset of this many images")
     g.add_argument("--label-smoothing", type=float, help="label smoothing (default 0)")
+    g.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate on each face and its mirror image, averaging the predictions (default off)")
+    g.add_argument("--tta-shift", type=int, metavar="PIXELS",
+                   help="evaluate also on each view moved this many pixels left, right, up and down (default 0: off)")
     g.add_argument("--balanced-sampler", action="store_true", default=None, help="draw class-balanced batches")
     g.add_argument("--class-weighted-loss", action="store_true", default=None, help="inverse-frequency class weights")
     g.add_argument("--format", dest="data_format", help="data layout, when detection is not wanted")
     g.add_argument("--cache-dir", help="where prepared caches live (default $FERNOISE_CACHE or ~/.cache/fernoise)")
     g.add_argument("--device", choices=CHOICES["device"], help="device (default auto)")
     f = parser.add_argument_group("speed options (same results up to rounding)")
-    f.add_argument("--precision", choices=CHOICES["precision"], help="autocast precision of the forward pass (default fp32)")
+    f.add_argument("--precision", choices=CHOICES["precision"],
+                   help="autocast precision of the forward pass (default fp32); auto: bf16 with channels_last where "
+                        "it pays (a GPU with bf16, a CPU with AMX), else fp32")
     f.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory layout for model and batches")
     f.add_argument("--capture", action="store_true", default=None,
                    help="record the whole train step in a CUDA graph and replay it (CUDA only)")

@@ -39,11 +39,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "autorelu_sync": SYNC_SCOPES,
     "autorelu_grad": AUTORELU_GRADS,
     "optimizer": ("adam", "adamw", "sgd"),
-    "scheduler": ("none", "cosine"),
+    "scheduler": ("none", "cosine", "onecycle"),
     "nonfinite": ("stop", "skip"),
     "device": ("auto", "cpu", "cuda"),
     "augment": AUGMENT_PRESETS,
-    "precision": ("fp32", "bf16"),
+    "precision": ("fp32", "bf16", "auto"),
 }
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -84,6 +84,7 @@ class TrainConfig:
     method: str = "baseline"
     model: str = "resnet18"
     stem: str = "imagenet"
+    width: int = 64  # fernoise's ResNets: channels of the first stage (ResNet-18: 64)
     position: str = "bn1"
     interval: int = 3
     interval_unit: str = "epoch"
@@ -100,7 +101,10 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     momentum: float = 0.9
+    nesterov: bool = False
     scheduler: str = "none"
+    warmup_epochs: float = 0.0  # onecycle: linear warm-up from zero over this many epochs, then linear decay to zero
+    ema: float = 0.0  # decay per step of an exponential moving average of the weights (0: off); it is evaluated and saved
     nonfinite: str = "stop"
     # speed (fernoise.step): autocast precision, memory layout, CUDA-graph capture, data in device memory
     precision: str = "fp32"
@@ -112,6 +116,7 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = 256
     tta_flip: bool = False
+    tta_shift: int = 0  # test-time views also moved by this many pixels left, right, up and down (0: off)
     bn_recalibrate: int = 0  # clean training batches to re-estimate BatchNorm statistics on before each evaluation
 
     def __post_init__(self) -> None:
@@ -121,7 +126,7 @@ class TrainConfig:
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        positive = ("image_size", "interval", "epochs", "batch_size", "eval_batch_size")
+        positive = ("image_size", "width", "interval", "epochs", "batch_size", "eval_batch_size")
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be a positive integer, got {getattr(self, key)}")
@@ -129,6 +134,15 @@ class TrainConfig:
             raise ConfigError(f"bn_recalibrate: must be 0 (off) or a number of batches, got {self.bn_recalibrate}")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be positive, got {self.lr}")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema: must lie in [0, 1) (0: off; e.g. 0.999), got {self.ema}")
+        if self.warmup_epochs < 0 or self.tta_shift < 0:
+            key = "warmup_epochs" if self.warmup_epochs < 0 else "tta_shift"
+            raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs: {self.warmup_epochs} is longer than the run ({self.epochs} epochs)")
+        if self.nesterov and self.optimizer != "sgd":
+            raise ConfigError(f"nesterov: Nesterov momentum belongs to optimizer: sgd, not {self.optimizer}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout: must lie in [0, 1), got {self.dropout}")
         if not 0 < self.val_fraction < 1:
@@ -138,6 +152,9 @@ class TrainConfig:
         if self.capture and self.nonfinite == "skip":
             raise ConfigError("capture: a step recorded in a CUDA graph cannot skip non-finite losses; "
                               "use nonfinite: stop or capture: false")
+        if self.capture and self.scheduler == "onecycle":
+            raise ConfigError("capture: a CUDA graph is recorded anew at every learning-rate change, and onecycle "
+                              "changes it every step; use capture: false or another scheduler")
         if self.capture and self.device == "cpu":
             raise ConfigError("capture: CUDA graphs need a CUDA device; set capture: false for device: cpu")
         try:
@@ -202,6 +219,7 @@ class TrainConfig:
             "dropout": self.dropout if self.uses_dropout else 0.0,
             "in_channels": in_channels,
             "stem": self.stem,
+            "width": self.width,
             "autorelu_init": self.autorelu_init,
             "autorelu_constant": self.autorelu_constant,
             "autorelu_grad": self.autorelu_grad,

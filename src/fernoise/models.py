@@ -54,7 +54,7 @@ __all__ = [
 
 NoiseKind = Literal["none", "periodic", "dynamic"]
 Position = Literal["bn1", "bn2", "sum", "all"]
-Stem = Literal["imagenet", "small"]
+Stem = Literal["imagenet", "half", "small"]
 NOISE_KINDS: tuple[str, ...] = get_args(NoiseKind)
 POSITIONS: tuple[str, ...] = get_args(Position)
 STEMS: tuple[str, ...] = get_args(Stem)
@@ -143,9 +143,12 @@ class ResNet(nn.Module):
     """torchvision-compatible ResNet built from :class:`BasicBlock`.
 
     ``stem="imagenet"`` is the standard 7x7/2 convolution and 3x3/2 max-pool (the
-    paper's ResNet-18); ``stem="small"`` is a 3x3/1 convolution without max-pool
-    for small faces such as FER2013's 48x48, which the ImageNet stem shrinks to
-    12x12 before the first block. ``autorelu`` says how the AutoReLUs of dynamic noise are built.
+    paper's ResNet-18), which shrinks FER2013's 48x48 faces to 12x12 before the first
+    block; ``stem="half"`` is a 3x3/2 convolution without max-pool (24x24 into layer1)
+    and ``stem="small"`` a 3x3/1 convolution without max-pool (48x48, about 16 times
+    the ImageNet stem's compute). ``width`` is the first stage's channels (64 in
+    ResNet-18), doubled at each later stage. ``autorelu`` says how the AutoReLUs of
+    dynamic noise are built.
     """
 
     def __init__(
@@ -160,6 +163,7 @@ class ResNet(nn.Module):
         dropout: float = 0.0,
         autorelu: AutoReLUOptions = AutoReLUOptions(),
         block: Type[BasicBlock] = BasicBlock,
+        width: int = 64,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
@@ -167,22 +171,25 @@ class ResNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self._noise = _NoiseFactory(noise, position, autorelu)
+        if width < 1:
+            raise ValueError(f"width must be a positive number of channels, got {width}")
         self._dropout = dropout
-        self.inplanes = 64
+        self.inplanes = width
         if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
             self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         else:
-            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            stride = 2 if stem == "half" else 1
+            self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=stride, padding=1, bias=False)
             self.maxpool = nn.Identity()
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
+        self.fc = nn.Linear(8 * width * block.expansion, num_classes)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -229,6 +236,7 @@ def build_model(
     dropout: float = 0.0,
     in_channels: int = 3,
     stem: Stem = "imagenet",
+    width: int = 64,
     autorelu_init: float = DEFAULT_AUTORELU_INIT,
     autorelu_constant: float = DEFAULT_CLIFF,
     autorelu_per_channel: bool = True,
@@ -238,20 +246,21 @@ def build_model(
 
     ``name`` is ``resnet18`` / ``resnet34`` (fernoise's own, with every keyword
     honoured), ``torchvision:<name>`` or ``timm:<name>`` (built without pretrained
-    weights, with :func:`inject_noise` applied; ``stem`` and ``dropout`` do not
-    apply to them and ``position`` must be ``bn1``, the first unit of each block).
+    weights, with :func:`inject_noise` applied; ``stem``, ``width`` and ``dropout`` do
+    not apply to them and ``position`` must be ``bn1``, the first unit of each block).
     The ``autorelu_*`` keywords are the fields of :class:`~fernoise.noise.AutoReLUOptions`;
     a checkpoint's ``model`` entry holds exactly these keywords.
     """
     autorelu = AutoReLUOptions(autorelu_init, autorelu_constant, autorelu_per_channel, autorelu_grad)
     if name in _OWN:
         return _OWN[name](num_classes=num_classes, in_channels=in_channels, stem=stem, noise=noise, position=position,
-                          dropout=dropout, autorelu=autorelu)
+                          dropout=dropout, autorelu=autorelu, width=width)
     library, _, arch = name.partition(":")
     if library not in ("torchvision", "timm") or not arch:
         raise ValueError(f"unknown model {name!r}: use one of {sorted(_OWN)}, 'torchvision:<name>' or 'timm:<name>'")
-    if dropout > 0 or stem != "imagenet" or position != "bn1":
-        raise ValueError(f"{name}: dropout, stem and position other than 'bn1' apply only to fernoise's own ResNets")
+    if dropout > 0 or stem != "imagenet" or position != "bn1" or width != 64:
+        raise ValueError(f"{name}: dropout, stem, width and position other than 'bn1' apply only to fernoise's own "
+                         "ResNets")
     if library == "torchvision":
         import torchvision
 

@@ -31,6 +31,26 @@ from fernoise.noise import NoiseController
 WARMUP_STEPS = 3
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast pays on ``device``: a CUDA GPU with bf16, or a CPU with AMX tiles.
+
+    AVX512-BF16 alone is not enough: on a 2-core Intel Xeon with it but without AMX, bf16 trained
+    ResNet-18 slower than fp32 (181 vs 208 images/s at 48x48, 75 vs 89 with the half stem;
+    benchmarks/bench_precision.py), as the earlier AMD AVX-512 machines did.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return device.type == "cpu" and amx is not None and bool(amx())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16``: ``auto`` becomes bf16 where :func:`native_bf16` holds, else fp32."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 class TrainStep:
     """``step(inputs, labels) -> (loss, logits)``: one optimisation step on an augmented batch.
 

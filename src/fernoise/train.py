@@ -43,7 +43,7 @@ from fernoise.metrics import RunningF1
 from fernoise.models import build_model
 from fernoise.noise import NoiseController, PeriodicSchedule, autorelu_weight
 from fernoise.runfiles import METRIC_COLUMNS, METRICS_FILE, TRACE_FILE, trace_rows_before, write_metrics, write_trace
-from fernoise.step import TrainStep
+from fernoise.step import TrainStep, resolve_precision
 
 CHECK_EVERY = 10  # steps between host syncs for the progress bar and the NaN check
 LAST_PT = Path("checkpoints", "last.pt")  # complete, for resuming
@@ -118,17 +118,44 @@ def _optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torc
     params = model.parameters()
     fused = device.type == "cuda"
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay, fused=fused)
     # A captured step needs Adam's step counters on the device (capturable).
     adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     # Adam: coupled (L2) weight decay as in the paper; it is also what moves AutoReLU's w.
     return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, capturable=cfg.capture)
 
 
-def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+STEPWISE_SCHEDULERS = ("onecycle",)  # stepped after every batch; the others after every epoch
+
+
+def onecycle_factor(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """The one-cycle multiplier of the learning rate at step ``s`` (0-based): a linear rise over
+    ``warmup_steps`` to 1, then a linear fall that reaches ``1 / (total_steps - warmup_steps)``
+    at the last step, so the whole budget anneals (no step is spent at zero)."""
+    def factor(step: int) -> float:
+        rise = (step + 1) / (warmup_steps + 1) if warmup_steps else 1.0
+        return max(0.0, min(rise, (total_steps - step) / (total_steps - warmup_steps)))
+    return factor
+
+
+def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
+               steps_per_epoch: int) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.scheduler == "onecycle":
+        warmup = min(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch - 1)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, onecycle_factor(cfg.epochs * steps_per_epoch, warmup))
     return None
+
+
+def _weight_average(cfg: TrainConfig, model: nn.Module) -> Optional[torch.optim.swa_utils.AveragedModel]:
+    """The exponential moving average of the weights (BatchNorm statistics included), or None when off."""
+    if not cfg.ema:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
 
 
 def _fit_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, optimizer: torch.optim.Optimizer,
@@ -180,14 +207,16 @@ class _Run:
     log: Callable[[str], None]
     quiet: bool
     data: TrainData
-    model: nn.Module  # the plain network: what is saved
+    model: nn.Module  # the plain network that trains
     net: nn.Module  # what runs the forward: the model, or its DDP wrapper
+    average: Optional[torch.optim.swa_utils.AveragedModel]  # the weight average (ema), when on
     optimizer: torch.optim.Optimizer
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler]
     noise: NoiseController
     augment: Augmenter
     generator: torch.Generator  # the order and augmentation of the training batches
     train_step: TrainStep  # one optimisation step (eager, or a replayed CUDA graph)
+    channels_last: bool  # batches in NHWC, as the model (precision auto with bf16, or asked for)
     epoch: int = 0  # the last finished epoch
     best: dict[str, Any] = field(default_factory=lambda: {"val_f1": -1.0, "epoch": 0})
     rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.csv
@@ -204,6 +233,11 @@ class _Run:
     @property
     def num_classes(self) -> int:
         return len(self.data.packed.classes)
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The network that is evaluated and saved for use: the weight average when on, else the model."""
+        return self.average.module if self.average is not None else self.model
 
 
 def _start(cfg: TrainConfig, out: Path, ddp: Distributed, device: torch.device, quiet: bool,
@@ -227,12 +261,18 @@ def _start(cfg: TrainConfig, out: Path, ddp: Distributed, device: torch.device, 
     if cfg.capture and ddp.enabled:
         raise TrainingError("capture: not supported under torchrun (DistributedDataParallel); set capture: false")
 
+    precision = resolve_precision(cfg.precision, device)
+    channels_last = cfg.channels_last or (cfg.precision == "auto" and precision == "bf16")
+    if cfg.precision == "auto":
+        log(f"precision auto: {precision}{' with channels_last' if channels_last else ''} on {device.type}")
     model = build_model(**cfg.model_kwargs(len(packed.classes), packed.channels)).to(device)
-    if cfg.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = ddp.wrap(model, device)  # converts BatchNorm in place on GPUs; model stays the plain network
+    average = _weight_average(cfg, model)
     optimizer = _optimizer(cfg, model, device)
-    scheduler = _scheduler(cfg, optimizer)
+    steps_per_epoch = num_batches(len(data.train_labels), cfg.batch_size // ddp.world_size, world_size=ddp.world_size)
+    scheduler = _scheduler(cfg, optimizer, steps_per_epoch)
     schedule = PeriodicSchedule(cfg.interval, cfg.interval_unit) if cfg.noise == "periodic" else None
     # The per-step AutoReLU trace cannot be recorded from inside a CUDA graph.
     noise = NoiseController(model, schedule, sync_scope=cfg.autorelu_sync, trace=not cfg.capture)
@@ -240,11 +280,11 @@ def _start(cfg: TrainConfig, out: Path, ddp: Distributed, device: torch.device, 
     generator = torch.Generator().manual_seed(cfg.seed)
     weights = class_weights(data.train_labels, len(packed.classes)).to(device) if cfg.class_weighted_loss else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    train_step = TrainStep(net, optimizer, criterion, noise, precision=cfg.precision, capture=cfg.capture,
+    train_step = TrainStep(net, optimizer, criterion, noise, precision=precision, capture=cfg.capture,
                            skip_nonfinite=cfg.nonfinite == "skip", reduce=ddp.sum_ if ddp.enabled else None)
     data = _place_data(cfg, data, device, log)
-    return _Run(cfg, out, ddp, device, log, quiet, data, model, net, optimizer, scheduler, noise, augment,
-                generator, train_step)
+    return _Run(cfg, out, ddp, device, log, quiet, data, model, net, average, optimizer, scheduler, noise, augment,
+                generator, train_step, channels_last)
 
 
 def _resume(run: _Run) -> None:
@@ -262,7 +302,10 @@ def _resume(run: _Run) -> None:
         raise TrainingError(
             f"cannot resume {run.out}: its checkpoint has classes {state['classes']} but the data now has {classes}"
         )
-    run.model.load_state_dict(state["state_dict"])
+    run.model.load_state_dict(state.get("train_state_dict", state["state_dict"]))
+    if run.average is not None:
+        run.average.module.load_state_dict(state["state_dict"])
+        run.average.n_averaged.fill_(state["ema_updates"])
     run.optimizer.load_state_dict(state["optimizer"])
     if run.scheduler is not None and state.get("scheduler"):
         run.scheduler.load_state_dict(state["scheduler"])
@@ -283,7 +326,9 @@ def _checkpoint(run: _Run) -> dict[str, Any]:
         "input": {"size": packed.size, "channels": packed.channels, "mean": list(packed.mean), "std": list(packed.std)},
         "data": {"source": str(cfg.data), "fingerprint": packed.meta.get("fingerprint")},
         "config": cfg.to_dict(),
-        "state_dict": run.model.state_dict(),
+        "state_dict": run.evaluated.state_dict(),
+        **({"train_state_dict": run.model.state_dict(), "ema_updates": int(run.average.n_averaged)}
+           if run.average is not None else {}),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict() if run.scheduler else None,
         "noise": run.noise.state_dict(),
@@ -337,6 +382,7 @@ def _train_locked(
         raise TrainingError(f"{out} already holds a run; use --resume to continue it or choose another --out")
     if cfg.batch_size % ddp.world_size:
         raise TrainingError(f"batch size {cfg.batch_size} does not divide among {ddp.world_size} processes")
+    started = time.perf_counter()
     run = _start(cfg, out, ddp, device, quiet, log)
     if resume and run.last_path.is_file():
         _resume(run)
@@ -345,18 +391,21 @@ def _train_locked(
         log(f"{out}: no epoch had finished, starting from the beginning")
 
     with _tensorboard(run) as writer:
-        for epoch in range(run.epoch + 1, cfg.epochs + 1):
+        first, looping = run.epoch + 1, time.perf_counter()
+        for epoch in range(first, cfg.epochs + 1):
             row = _train_epoch(run, epoch)
             row.update(_evaluate(run, epoch))
             is_best = _record(run, epoch, row)
             if ddp.is_main:
-                _write_epoch(run, writer, is_best)
+                per_epoch = (time.perf_counter() - looping) / (epoch - first + 1)  # training and evaluation
+                _write_epoch(run, writer, is_best, seconds_left=per_epoch * (cfg.epochs - epoch))
                 if on_epoch is not None:
                     on_epoch(run.rows[-1])
 
     if not ddp.is_main:
         return {}
     summary = _summarise(run)
+    summary["wall_seconds"] = time.perf_counter() - started  # this invocation: data, training, evaluation
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -393,12 +442,18 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     )
     total = num_batches(len(run.data.train_labels), local_batch, world_size=ddp.world_size)
     stats = _EpochStats(total, run.num_classes, run.device, ddp)
+    stepwise = cfg.scheduler in STEPWISE_SCHEDULERS
+    lr = run.optimizer.param_groups[0]["lr"]
     with _Progress(run.quiet, total, epoch, cfg.epochs) as progress:
         for step, (images, labels) in enumerate(batches, start=1):
             inputs = run.augment(images, generator=run.generator, train=True)
-            if cfg.channels_last:
+            if run.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             loss, logits = run.train_step(inputs, labels)
+            if run.average is not None:
+                run.average.update_parameters(run.model)
+            if stepwise:
+                run.scheduler.step()
             stats.add(step, loss, logits, labels, skipped=run.train_step.last_step_skipped)
             if step % CHECK_EVERY == 1 or step == total:
                 progress.show(*stats.so_far(step, epoch))
@@ -409,8 +464,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     row["noise_on"] = run.noise.epoch_noise_fraction()
     if cfg.nonfinite == "skip":
         row["skipped_steps"] = stats.skipped
-    row["lr"] = run.optimizer.param_groups[0]["lr"]  # this epoch's; then the schedule moves on
-    if run.scheduler is not None:
+    row["lr"] = lr  # at the epoch's first step; an epochwise schedule then moves on
+    if run.scheduler is not None and not stepwise:
         run.scheduler.step()
     if run.noise.autorelus:
         row["autorelu_w"] = autorelu_weight(run.model)
@@ -422,8 +477,8 @@ def _evaluate(run: _Run, epoch: int) -> dict[str, float]:
     """Validation loss, macro-F1 and accuracy (BatchNorm statistics first re-estimated if asked for)."""
     if run.cfg.bn_recalibrate:
         _recalibrate(run, epoch)
-    val = evaluate_arrays(run.model, run.data.val_images, run.data.val_labels, run.num_classes, run.augment,
-                          run.device, run.cfg.eval_batch_size, run.cfg.tta_flip)
+    val = evaluate_arrays(run.evaluated, run.data.val_images, run.data.val_labels, run.num_classes, run.augment,
+                          run.device, run.cfg.eval_batch_size, run.cfg.tta_flip, tta_shift=run.cfg.tta_shift)
     return {"val_loss": val["loss"], "val_f1": val["macro_f1"], "val_acc": val["accuracy"]}
 
 
@@ -431,7 +486,7 @@ def _recalibrate(run: _Run, epoch: int) -> None:
     """BatchNorm statistics from ``cfg.bn_recalibrate`` clean training batches, drawn with a generator of
     their own (so the training stream, and resuming, are unaffected)."""
     cfg, ddp = run.cfg, run.ddp
-    recalibrate_on_images(run.model, run.data.train_images, run.data.train_labels, run.augment, cfg.bn_recalibrate,
+    recalibrate_on_images(run.evaluated, run.data.train_images, run.data.train_labels, run.augment, cfg.bn_recalibrate,
                           cfg.batch_size // ddp.world_size, torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
                           rank=ddp.rank, world_size=ddp.world_size, device=run.device)
 
@@ -451,7 +506,7 @@ def _record(run: _Run, epoch: int, row: dict[str, Any]) -> bool:
     return is_best
 
 
-def _write_epoch(run: _Run, writer: Any, is_best: bool) -> None:
+def _write_epoch(run: _Run, writer: Any, is_best: bool, seconds_left: float) -> None:
     """Rank 0's files of a finished epoch, in an order that a kill at any point leaves resumable."""
     row, epoch = run.rows[-1], run.epoch
     for key, value in row.items():
@@ -476,7 +531,12 @@ def _write_epoch(run: _Run, writer: Any, is_best: bool) -> None:
     run.log(
         f"epoch {epoch}/{run.cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
         f"val F1 {row['val_f1']:.4f}  acc {row['val_acc']:.4f}{noise}  {row['seconds']:.1f}s"
+        + (f"  about {_minutes(seconds_left)} left" if seconds_left > 0 else "")
     )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def _summarise(run: _Run) -> dict[str, Any]:
@@ -492,13 +552,16 @@ def _summarise(run: _Run) -> dict[str, Any]:
         "final_val_acc": float(rows[-1]["val_acc"]),
         "final_train_loss": float(rows[-1]["train_loss"]),
         "seconds": sum(float(r["seconds"]) for r in rows),
+        "train_images_per_second": len(rows) * len(run.data.train_labels) / sum(float(r["seconds"]) for r in rows),
+        "precision": "bf16" if run.train_step.bf16 else "fp32",
+        "channels_last": run.channels_last,
         "classes": list(packed.classes),
     }
     test = packed.splits.get("test")
     if test is not None and len(test.labels) and run.best_path.is_file():
         model = model_from_checkpoint(load_checkpoint(run.best_path), run.best_path).to(run.device)
         scores = evaluate_arrays(model, test.images, test.labels, len(packed.classes), run.augment, run.device,
-                                 cfg.eval_batch_size, cfg.tta_flip)
+                                 cfg.eval_batch_size, cfg.tta_flip, tta_shift=cfg.tta_shift)
         summary.update(test_f1=scores["macro_f1"], test_acc=scores["accuracy"])
     return summary
 

@@ -86,6 +86,10 @@ class Augmenter(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"preset={self.preset!r}, size={self.size}, channels={self.channels}"
 
+    def normalize_black(self) -> torch.Tensor:
+        """A black pixel after normalisation, (channels, 1, 1): what the geometric augmentation's moves uncover."""
+        return (-self.mean / self.std).reshape(self.channels, 1, 1)
+
     @staticmethod
     def _uniform(n: int, k: int, generator: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, ...]:
         """``k`` uniform numbers per sample, drawn on the generator's device, moved to the batch's."""

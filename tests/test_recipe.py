@@ -1,0 +1,172 @@
+"""The fast-recipe options: schedule, Nesterov, weight average, test-time views, network shape, precision."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+import fernoise.step as step_module
+from fernoise.checkpoint import load_checkpoint, model_from_checkpoint
+from fernoise.config import METHODS, ConfigError, TrainConfig, preset_path, resolve_config
+from fernoise.data import Augmenter
+from fernoise.evaluate import predict_arrays, shifted, tta_views
+from fernoise.models import build_model
+from fernoise.step import resolve_precision
+from fernoise.train import onecycle_factor, train
+
+TINY = dict(train_limit=96, val_limit=64, image_size=32, batch_size=32, eval_batch_size=64, device="cpu")
+
+
+def _rows(run) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_fast_preset_trains_two_steps_with_every_method(tmp_path, method):
+    # one epoch of two steps; no test-time views for the synthetic test split's 1,500 faces (tested apart)
+    cfg = resolve_config(preset_path("fer2013-fast"), method=method, epochs=1, warmup_epochs=0.5, train_limit=256,
+                         val_limit=32, image_size=32, tta_shift=0)
+    assert cfg.batch_size == 128 and cfg.scheduler == "onecycle"  # 256 faces: two steps
+    summary = train(cfg, tmp_path / method, quiet=True, log=lambda _: None)
+    assert summary["epochs"] == 1 and np.isfinite(summary["final_train_loss"])
+    if cfg.noise == "periodic":  # T = 3 epochs: the first is clean, as Algorithm 1 says
+        assert float(_rows(tmp_path / method)[0]["noise_on"]) == 0
+
+
+def test_onecycle_rises_then_falls_linearly_to_the_last_step():
+    f = onecycle_factor(total_steps=10, warmup_steps=4)
+    assert [f(s) for s in range(10)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    g = onecycle_factor(total_steps=4, warmup_steps=0)
+    assert [g(s) for s in range(4)] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+
+
+def test_onecycle_run_sets_the_lr_every_step(tmp_path):
+    # 96 faces at batch 32: 3 steps per epoch, 2 epochs, 3 warm-up steps; the column holds each epoch's first lr
+    train(TrainConfig(**TINY, epochs=2, optimizer="sgd", nesterov=True, lr=0.3, scheduler="onecycle",
+                      warmup_epochs=1), tmp_path / "run", quiet=True, log=lambda _: None)
+    lrs = [float(r["lr"]) for r in _rows(tmp_path / "run")]
+    assert lrs == pytest.approx([0.3 * 1 / 4, 0.3 * 1.0])
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", resume=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0  # the schedule reaches zero after the last step
+    assert state["optimizer"]["param_groups"][0]["nesterov"] is True
+
+
+def test_nesterov_needs_sgd():
+    with pytest.raises(ConfigError, match="nesterov"):
+        TrainConfig(nesterov=True, optimizer="adam")
+
+
+def test_weight_average_is_what_is_evaluated_and_saved(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(**TINY, epochs=2, lr=1e-3, ema=0.9), run, quiet=True, log=lambda _: None)
+    last = load_checkpoint(run / "checkpoints" / "last.pt", resume=True)
+    averaged, trained = last["state_dict"], last["train_state_dict"]
+    assert last["ema_updates"] == 6
+    assert any(not torch.equal(averaged[k], trained[k]) for k in trained if trained[k].is_floating_point())
+    # the saved (averaged) weights give the last epoch's validation numbers; the trained ones do not
+    from fernoise.train import prepare_data
+    data = prepare_data(TrainConfig(**TINY), progress=False)
+    augment = Augmenter("paper", 32, data.packed.channels, data.packed.mean, data.packed.std)
+
+    def val_f1(state_dict) -> float:
+        model = model_from_checkpoint({**last, "state_dict": state_dict})
+        pred = predict_arrays(model, data.val_images, augment, torch.device("cpu")).argmax(1).numpy()
+        from fernoise.metrics import classification_scores
+        return classification_scores(data.val_labels, pred, 7, [str(i) for i in range(7)])["macro_f1"]
+
+    assert val_f1(averaged) == pytest.approx(float(_rows(run)[-1]["val_f1"]))
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert "train_state_dict" not in best and best["kind"] == "inference"
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(epoch: int):
+    def on_epoch(row: dict) -> None:
+        if int(row["epoch"]) == epoch:
+            raise _Stop()
+    return on_epoch
+
+
+def test_resume_with_onecycle_and_weight_average_equals_an_uninterrupted_run(tmp_path):
+    cfg = TrainConfig(**TINY, epochs=3, optimizer="sgd", nesterov=True, lr=0.05, scheduler="onecycle",
+                      warmup_epochs=1, ema=0.9, method="periodic", interval=1)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(cfg, straight, quiet=True, log=lambda _: None)
+    with pytest.raises(_Stop):
+        train(cfg, split, quiet=True, log=lambda _: None, on_epoch=_stop_after(2))
+    train(cfg, split, resume=True, quiet=True, log=lambda _: None)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(_rows(split)) == strip(_rows(straight))
+    a, b = (load_checkpoint(run / "checkpoints" / "last.pt", resume=True) for run in (straight, split))
+    for key in ("state_dict", "train_state_dict"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert a["ema_updates"] == b["ema_updates"] == 9
+
+
+def test_test_time_views_are_the_ones_named():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    fill = torch.full((1, 1, 1), -9.0)
+    assert len(tta_views(x, False, 0, fill)) == 1 and len(tta_views(x, True, 0, fill)) == 2
+    views = tta_views(x, True, 1, fill)
+    assert len(views) == 10 and len(tta_views(x, False, 1, fill)) == 5
+    assert torch.equal(views[1], x.flip(3))
+    right = shifted(x, 1, 0, fill)  # moved one pixel right: the left column is uncovered
+    assert torch.equal(right[:, :, :, 1:], x[:, :, :, :-1]) and (right[:, :, :, 0] == -9).all()
+    down = shifted(x, 0, -1, fill)  # dy -1: moved up, the bottom row uncovered
+    assert torch.equal(down[:, :, :-1], x[:, :, 1:]) and (down[:, :, -1] == -9).all()
+    assert any(torch.equal(v, shifted(x.flip(3), 0, 1, fill)) for v in views)
+
+
+def test_prediction_averages_the_softmax_of_every_view():
+    torch.manual_seed(0)
+    model = build_model(num_classes=7, in_channels=1, stem="half", width=8).eval()
+    images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 1), dtype=np.uint8)
+    augment = Augmenter("none", 16, 1, (0.5,), (0.25,))
+    got = predict_arrays(model, images, augment, torch.device("cpu"), tta_flip=True, tta_shift=2)
+    inputs = augment(torch.from_numpy(images).permute(0, 3, 1, 2), train=False)
+    views = tta_views(inputs, True, 2, augment.normalize_black())
+    with torch.no_grad():
+        expected = torch.stack([model(v).softmax(1) for v in views]).mean(0).log()
+    assert torch.allclose(got, expected, atol=1e-6)
+    plain = predict_arrays(model, images, augment, torch.device("cpu"))
+    assert not torch.allclose(got, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("stem, side", [("imagenet", 4), ("half", 8), ("small", 16)])
+def test_stem_and_width_shape_the_resnet(stem, side):
+    model = build_model(in_channels=1, stem=stem, width=16)
+    seen = {}
+    model.layer1.register_forward_hook(lambda m, i, o: seen.update(layer1=o.shape))
+    assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 7)
+    assert seen["layer1"] == (2, 16, side, side)
+    assert model.fc.in_features == 8 * 16
+    narrow, wide = (sum(p.numel() for p in build_model(width=w).parameters()) for w in (32, 64))
+    assert 3.5 < wide / narrow < 4.1  # parameters grow with the square of the width
+
+
+def test_width_is_refused_for_other_libraries():
+    with pytest.raises(ValueError, match="width"):
+        build_model("torchvision:resnet18", width=32)
+
+
+def test_precision_auto_is_bf16_only_where_it_pays(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert step_module.native_bf16(cpu) is False
+
+
+def test_precision_auto_runs_bf16_channels_last_where_it_pays(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    summary = train(TrainConfig(**TINY, epochs=1, precision="auto"), tmp_path / "run", quiet=True,
+                    log=lambda _: None)
+    assert summary["precision"] == "bf16" and summary["channels_last"] is True
