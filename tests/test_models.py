@@ -196,6 +196,33 @@ def test_inject_noise_all_units_and_explicit_targets():
         inject_noise(torchvision.models.resnet18(), "periodic", targets=["fc"])
 
 
+def test_the_first_unit_of_each_block_leaves_out_stem_and_head():
+    mobilenet = torchvision.models.mobilenet_v2(num_classes=7)  # features.0 stem, features.18 head
+    assert inject_noise(mobilenet, "periodic") == [f"features.{i}.conv.0.1" for i in range(1, 18)]
+    assert len(inject_noise(_timm("mobilenetv2_100")(), "periodic")) == 17  # timm's MobileNetV2 alike
+    resnet = torchvision.models.resnet18(num_classes=7)
+    assert inject_noise(resnet, "periodic") == [f"layer{i}.{j}.bn1" for i in range(1, 5) for j in range(2)]
+    vgg = torchvision.models.vgg11_bn(num_classes=7)  # no blocks: every unit is one
+    assert len(inject_noise(vgg, "periodic")) == len(inject_noise(copy.deepcopy(vgg), "periodic", units="all")) == 8
+
+
+# BatchNorm gains that put some ReLU6 inputs past 6, where it clips, and all short of AutoReLU's cliff (600)
+@pytest.mark.parametrize("arch, gain", [("torchvision:mobilenet_v2", 2.0), ("timm:mobilenetv2_100", 1.0)])
+def test_dynamic_noise_keeps_relu6s_clip(arch, gain):
+    """In eval (and in clean steps) a dynamic model is the baseline network: ReLU6 still clips at 6."""
+    torch.manual_seed(0)
+    library, name = arch.split(":")
+    model = _timm(name)() if library == "timm" else ARCHS[name]()
+    _randomise_bn(model)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.weight.data.mul_(gain)
+    x = torch.randn(2, 3, 64, 64)
+    baseline = model.eval()(x)
+    inject_noise(model, "dynamic")
+    assert torch.allclose(model.eval()(x), baseline, rtol=1e-4, atol=1e-4)
+
+
 def test_build_model_from_other_libraries():
     model = build_model("torchvision:resnet18", 5, noise="dynamic")
     assert model.fc.out_features == 5 and any(isinstance(m, AutoReLU) for m in model.modules())

@@ -93,7 +93,10 @@ def _hook_noise(bn: nn.Module) -> None:
 def _insert_after_bn(bn: nn.Module, injector: nn.Module) -> None:
     """Apply ``injector`` to ``bn``'s output, keeping every existing state_dict key."""
     if isinstance(getattr(bn, "act", None), _RELU_MODULES):  # timm BatchNormAct2d: norm -> act fused
-        bn.act = injector if isinstance(injector, AutoReLU) else nn.Sequential(injector, bn.act)
+        # AutoReLU's output is non-negative, so it may stand in for a plain ReLU (its weight keeps the
+        # key "act.weight"); a ReLU6 stays after it for its clip at 6, as on the hooked path
+        replaces = isinstance(injector, AutoReLU) and type(bn.act) is nn.ReLU
+        bn.act = injector if replaces else nn.Sequential(injector, bn.act)
         return
     bn.add_module("noise", injector)
     _hook_noise(bn)
@@ -131,17 +134,23 @@ def inject_noise(
 ) -> list[str]:
     """Put periodic or dynamic injection into any CNN with BatchNorm followed by ReLU.
 
-    The BN+ReLU units are found by tracing (``targets`` names them explicitly).
-    With ``units="first"`` (the paper's choice) only the first unit of every block
-    is used, a block being the outermost module above the unit that is not a
-    plain container (a torchvision ``BasicBlock``/``Bottleneck``, a MobileNet
-    ``InvertedResidual``); units outside any block, like VGG's conv-BN-ReLU
-    stacks, count as blocks of their own, while a network's stem (units directly
-    under the root) is skipped when the network has blocks.
+    The BN+ReLU units (a BatchNorm whose output goes straight into a ReLU or ReLU6) are
+    found by tracing (``targets`` names them explicitly). With ``units="first"`` (the
+    paper's choice) only the first unit of every block is used, a block being the
+    outermost module above the unit that is not a container (``nn.Sequential`` and its
+    subclasses such as torchvision's ``Conv2dNormActivation``, ``nn.ModuleList``,
+    ``nn.ModuleDict``): a torchvision ``BasicBlock``/``Bottleneck``, a MobileNet
+    ``InvertedResidual``. In a network with blocks the units outside any block, its
+    stem and head (ResNet's ``bn1``, MobileNetV2's first and last ``Conv2dNormActivation``),
+    are left out; in one without (VGG's conv-BN-ReLU stacks) every unit is a block of
+    its own. ``units="all"`` uses every unit, stem and head included: in torchvision's
+    ResNet-18 that is 9 (the stem and each block's ``bn1``), not the 16 points of
+    fernoise's own ResNet with ``position="all"``, whose second unit per block is the
+    residual sum before ``relu2``, a point no BatchNorm's output (and so no hook) reaches.
 
     The noise is applied to the BN output inside the BN module (a child called
-    ``noise`` and a forward hook; for timm's fused ``BatchNormAct2d`` the
-    activation is replaced), so existing ``state_dict`` keys are unchanged.
+    ``noise`` and a forward hook; for timm's fused ``BatchNormAct2d`` it goes
+    before the activation), so existing ``state_dict`` keys are unchanged.
     Periodic puts a :class:`SignFlip` there; dynamic puts an :class:`AutoReLU`
     there, after which the original ReLU is the identity on its non-negative
     output (a ReLU6 still clips at 6); ``autorelu`` says how it is built. Returns the
@@ -169,15 +178,13 @@ def inject_noise(
 
 
 def _first_of_each_block(units: list[str], modules: dict[str, nn.Module]) -> list[str]:
-    """The first of ``units`` in every block (see :func:`inject_noise`), the stem left out when there are blocks."""
+    """The first of ``units`` in every block (see :func:`inject_noise`); units outside any block
+    (stem, head) only when the network has no blocks."""
     blocks = {name: _block_of(name, modules) for name in units}
-    has_blocks = any(block != name for name, block in blocks.items())
+    in_blocks = [name for name in units if blocks[name] != name] or units
     chosen, seen = [], set()
-    for name in units:
-        block = blocks[name]
-        if has_blocks and block == name and "." not in name:
-            continue  # stem unit directly under the root
-        if block not in seen:
-            seen.add(block)
+    for name in in_blocks:
+        if blocks[name] not in seen:
+            seen.add(blocks[name])
             chosen.append(name)
     return chosen
