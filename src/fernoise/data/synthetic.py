@@ -85,62 +85,59 @@ def sample_labels(n: int, rng: np.random.Generator, noise: float = LABEL_NOISE) 
     return clean, observed
 
 
-def _sample_params(labels: np.ndarray, channels: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Per-face expression, identity, pose, photometric and occluder parameters.
+def _uniform(rng: np.random.Generator, n: int, low: float, high: float, shape: tuple[int, ...] = (1, 1)) -> np.ndarray:
+    """``n`` float32 draws of ``shape``; the default (1, 1) broadcasts a per-face scalar over pixel grids."""
+    return rng.uniform(low, high, (n, *shape)).astype(np.float32)
 
-    Scalars per face are shaped (N, 1, 1) so they broadcast over a batch of pixel grids;
-    colours are (N, C).
-    """
+
+def _per_face(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32).reshape(-1, 1, 1)
+
+
+def _expression(labels: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Brow, eye and mouth parameters: each class's prototype blended with neutral, jittered."""
     n = len(labels)
-
-    def uniform(low: float, high: float, shape: tuple[int, ...] = (1, 1)) -> np.ndarray:
-        return rng.uniform(low, high, (n, *shape)).astype(np.float32)
-
-    def per_face(values: np.ndarray) -> np.ndarray:
-        return np.asarray(values, dtype=np.float32).reshape(n, 1, 1)
-
     # Expression intensity: weak expressions drift towards neutral, which makes classes overlap.
     intensity = rng.uniform(0.45, 1.15, n)
     p: dict[str, np.ndarray] = {}
     for name, proto in _PROTOTYPES.items():
         table = np.asarray(proto)
         value = table[0] + intensity * (table[labels] - table[0]) + rng.normal(0.0, _JITTER[name], n)
-        p[name] = per_face(value)
+        p[name] = _per_face(value)
     # Smiles range from closed to wide open.
-    p["open_lo"] *= per_face(np.where(labels == 1, rng.uniform(0.0, 1.5, n), 1.0))
+    p["open_lo"] *= _per_face(np.where(labels == 1, rng.uniform(0.0, 1.5, n), 1.0))
     for name in ("open_up", "open_lo", "lip_raise", "wrinkle"):
         np.maximum(p[name], 0.0, out=p[name])
     np.maximum(p["eye_open"], 0.012, out=p["eye_open"])
     np.maximum(p["mouth_width"], 0.4, out=p["mouth_width"])
-    p["teeth"] = per_face(rng.random(n) < _TEETH_PROB[labels])
+    p["teeth"] = _per_face(rng.random(n) < _TEETH_PROB[labels])
+    return p
 
-    # Identity.
-    p["face_w"] = uniform(0.66, 0.80)
-    p["eye_x"] = uniform(0.27, 0.34)
-    p["eye_y"] = uniform(-0.15, -0.07)
-    p["eye_w"] = uniform(0.13, 0.16)
-    p["brow_gap"] = uniform(0.13, 0.17)
-    p["brow_thick"] = uniform(0.025, 0.045)
-    p["nose_y"] = uniform(0.20, 0.27)
-    p["mouth_y"] = uniform(0.45, 0.54)
-    p["mouth_w"] = uniform(0.24, 0.30)
-    p["hairline"] = uniform(-0.75, -0.45)
-    p["hair_length"] = uniform(-0.4, 0.6)
 
-    # Pose: in-plane roll, horizontal squash for yaw, scale (face units -> image units), shift.
-    p["roll"] = per_face(np.clip(rng.normal(0.0, 0.17, n), -0.5, 0.5))
-    p["squash"] = uniform(0.82, 1.0)
-    p["scale"] = uniform(0.92, 1.12)
-    p["tx"] = uniform(-0.09, 0.09)
-    p["ty"] = uniform(-0.07, 0.09)
+# Identity (where the features sit, how big) and pose ranges: name -> (low, high) of a uniform draw.
+_IDENTITY = {"face_w": (0.66, 0.80), "eye_x": (0.27, 0.34), "eye_y": (-0.15, -0.07), "eye_w": (0.13, 0.16),
+             "brow_gap": (0.13, 0.17), "brow_thick": (0.025, 0.045), "nose_y": (0.20, 0.27),
+             "mouth_y": (0.45, 0.54), "mouth_w": (0.24, 0.30), "hairline": (-0.75, -0.45),
+             "hair_length": (-0.4, 0.6)}
 
-    # Colours (RGB, converted to luminance for grayscale).
+
+def _identity_and_pose(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Identity, then pose: in-plane roll, horizontal squash for yaw, scale (face units -> image units), shift."""
+    p = {name: _uniform(rng, n, low, high) for name, (low, high) in _IDENTITY.items()}
+    p["roll"] = _per_face(np.clip(rng.normal(0.0, 0.17, n), -0.5, 0.5))
+    for name, low, high in (("squash", 0.82, 1.0), ("scale", 0.92, 1.12), ("tx", -0.09, 0.09), ("ty", -0.07, 0.09)):
+        p[name] = _uniform(rng, n, low, high)
+    return p
+
+
+def _colours(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """RGB colours (n, 3) of skin, hair, eyes and mouth; converted to luminance later for grayscale."""
     tone = rng.uniform(0.0, 1.0, (n, 1))
     skin = (1.0 - tone) * np.array([0.36, 0.24, 0.18]) + tone * np.array([0.98, 0.84, 0.74])
     skin *= rng.uniform(0.85, 1.1, (n, 1))
     hair_shade = rng.uniform(0.0, 1.0, (n, 1)) ** 2
     hair = (1.0 - hair_shade) * np.array([0.08, 0.06, 0.05]) + hair_shade * np.array([0.62, 0.48, 0.28])
-    colours = {
+    return {
         "skin": skin, "hair": hair,
         "iris": rng.uniform(0.05, 0.35, (n, 1)) * rng.uniform(0.6, 1.2, (n, 3)),
         "lips": skin * np.array([0.80, 0.55, 0.55]),
@@ -150,32 +147,52 @@ def _sample_params(labels: np.ndarray, channels: int, rng: np.random.Generator) 
         "line": hair * 0.6,
     }
 
-    # Occluders: 1 sunglasses, 2 a hand (skin coloured), 3 some object; 0 none. Boxes are
-    # (centre u, centre v, half width, half height) in face coordinates.
+
+def _occluders(p: dict[str, np.ndarray], skin: np.ndarray,
+               rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``occluder``: 1 sunglasses, 2 a hand (skin coloured), 3 some object, 0 none; its ``box`` (centre u,
+    centre v, half width, half height) in face coordinates; and, apart, its RGB colour."""
+    n = len(skin)
     kind = rng.integers(1, 4, n) * (rng.random(n) < _OCCLUDED_FRACTION)
-    p["occluder"] = kind
     glasses = np.concatenate([np.zeros((n, 1)), p["eye_y"][:, 0], p["eye_x"][:, 0] + p["eye_w"][:, 0] + 0.06,
                               rng.uniform(0.07, 0.1, (n, 1))], axis=1)
     hand = rng.uniform([-0.35, 0.3, 0.22, 0.15], [0.35, 0.7, 0.4, 0.3], (n, 4))
     thing = rng.uniform([-0.6, -0.6, 0.12, 0.08], [0.6, 0.8, 0.4, 0.35], (n, 4))
-    p["box"] = np.select([kind[:, None] == 1, kind[:, None] == 2], [glasses, hand], thing).astype(np.float32)
-    colours["occluder"] = np.select([kind[:, None] == 1, kind[:, None] == 2],
-                                    [rng.uniform(0.0, 0.15, (n, 3)), skin * rng.uniform(0.9, 1.1, (n, 1))],
-                                    rng.uniform(0.0, 1.0, (n, 3)))
+    choice = [kind[:, None] == 1, kind[:, None] == 2]
+    params = {"occluder": kind, "box": np.select(choice, [glasses, hand], thing).astype(np.float32)}
+    colour = np.select(choice, [rng.uniform(0.0, 0.15, (n, 3)), skin * rng.uniform(0.9, 1.1, (n, 1))],
+                       rng.uniform(0.0, 1.0, (n, 3)))
+    return params, colour
 
-    # Photometrics: exposure, lighting gradient, blur weight, sensor noise std.
-    p["exposure"] = uniform(0.8, 1.2)
-    p["light"] = rng.normal(0.0, 0.25, (n, 2)).astype(np.float32)
-    p["blur"] = uniform(0.0, 0.6)
-    p["noise"] = per_face(rng.uniform(0.0, 1.0, n) ** 2 * 0.06)
-    # Background clutter: coarse random grids (n, C, k, k), upsampled when rendering; in
-    # colour a grey pattern with a per-face tint and a little chroma, to stay photo-like.
-    coarse = uniform(0.0, 0.9, (1, 4, 4))
+
+def _photometrics(n: int, channels: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Exposure, lighting gradient, blur weight, sensor noise std, and background clutter: coarse random
+    grids (n, C, k, k), upsampled when rendering; in colour a grey pattern with a per-face tint and a
+    little chroma, to stay photo-like."""
+    p = {"exposure": _uniform(rng, n, 0.8, 1.2), "light": rng.normal(0.0, 0.25, (n, 2)).astype(np.float32),
+         "blur": _uniform(rng, n, 0.0, 0.6), "noise": _per_face(rng.uniform(0.0, 1.0, n) ** 2 * 0.06)}
+    coarse = _uniform(rng, n, 0.0, 0.9, (1, 4, 4))
     if channels == 3:
-        coarse = coarse * uniform(0.6, 1.2, (3, 1, 1)) + uniform(-0.15, 0.15, (3, 4, 4))
+        coarse = coarse * _uniform(rng, n, 0.6, 1.2, (3, 1, 1)) + _uniform(rng, n, -0.15, 0.15, (3, 4, 4))
     p["clutter_lo"] = coarse
-    p["clutter_hi"] = uniform(-0.2, 0.2, (1, 12, 12))
+    p["clutter_hi"] = _uniform(rng, n, -0.2, 0.2, (1, 12, 12))
+    return p
 
+
+def _sample_params(labels: np.ndarray, channels: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per-face expression, identity, pose, photometric and occluder parameters.
+
+    Scalars per face are shaped (N, 1, 1) so they broadcast over a batch of pixel grids;
+    colours ``c_<name>`` are (N, C). The order of the draws is part of the generator
+    (:data:`GENERATOR_VERSION`).
+    """
+    n = len(labels)
+    p = _expression(labels, rng)
+    p.update(_identity_and_pose(n, rng))
+    colours = _colours(n, rng)
+    occluders, colours["occluder"] = _occluders(p, colours["skin"], rng)
+    p.update(occluders)
+    p.update(_photometrics(n, channels, rng))
     for name, rgb in colours.items():
         rgb = rgb.astype(np.float32)
         p["c_" + name] = np.clip(rgb if channels == 3 else rgb @ _LUMA[:, None], 0.0, 1.0)
