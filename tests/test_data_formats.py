@@ -21,7 +21,7 @@ from data_fixtures import (
     zip_directory,
 )
 from fernoise.data import CANONICAL_CLASSES, DataError, canonical_name, detect_format, prepare
-from fernoise.data.formats import decode_image, to_8bit
+from fernoise.data.decode import decode_image, to_8bit
 
 FER7 = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
 

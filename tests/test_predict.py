@@ -21,7 +21,7 @@ from PIL import Image
 from fernoise.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fernoise.cli import main
 from fernoise.data import normalize
-from fernoise.data.formats import decode_image
+from fernoise.data.decode import decode_image
 from fernoise.data.synthetic import render_faces
 from fernoise.models import build_model
 from fernoise.noise import AutoReLU

@@ -3,7 +3,7 @@
 Faces are found by :mod:`fernoise.detect` (YuNet by default), each cut out framed and turned
 upright as FER2013's faces are, and preprocessed exactly as the training data was: the crop
 is resized to the checkpoint's ``size`` with Pillow's bilinear filter (``reducing_gap=2.0``,
-as :mod:`fernoise.data.formats`), turned into grey (ITU-R 601 luma, Pillow's "L") or RGB, and
+as :mod:`fernoise.data.decode`), turned into grey (ITU-R 601 luma, Pillow's "L") or RGB, and
 normalised with the checkpoint's mean and std by :func:`fernoise.data.normalize`. Crops of
 many images (or video frames) are classified together in batches.
 
@@ -28,7 +28,7 @@ from torch import nn
 from fernoise.batchnorm import fold_batchnorm
 from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, parse_input
 from fernoise.data import normalize
-from fernoise.data.formats import to_8bit
+from fernoise.data.decode import to_8bit
 from fernoise.detect import DETECTORS, Box, Detection, crop_face, make_detector
 from fernoise.export import onnx_session
 from fernoise.io import PathLike, write_bytes_atomic

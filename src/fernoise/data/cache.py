@@ -27,17 +27,9 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from fernoise.data.classes import DataError
-from fernoise.data.formats import (
-    DirTree,
-    Item,
-    Layout,
-    Listing,
-    Tree,
-    decode_item,
-    find_layout,
-    open_tree,
-    read_listing,
-)
+from fernoise.data.decode import decode_item
+from fernoise.data.formats import Item, Layout, Listing, find_layout, read_listing
+from fernoise.data.trees import DirTree, Tree, open_tree
 from fernoise.data.packed import SPLITS, PackedData, Split, channel_stats, class_counts
 from fernoise.data import synthetic
 from fernoise.io import OutputError, atomic_write, exclusive, write_text_atomic
