@@ -28,10 +28,16 @@ def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
 
 
 def _train_options(parser: argparse.ArgumentParser) -> None:
-    """Flags that override TrainConfig fields; None means 'not given'."""
+    """Flags that override TrainConfig fields, in groups; None means 'not given'."""
     d = TrainConfig()
-    g = parser.add_argument_group("training options (override --config)")
-    g.add_argument("--config", help="YAML config file, or a preset name: paper, fer2013-paper, quick")
+    parser.add_argument("--config", help="YAML config file, or a preset name: paper, fer2013-paper, fer2013-fast, quick")
+    _optimisation_options(parser.add_argument_group("optimisation (override --config)"), d)
+    _noise_options(parser.add_argument_group("noise injection (override --config)"), d)
+    _model_data_options(parser.add_argument_group("network and data (override --config)"), d)
+    _speed_options(parser.add_argument_group("speed options (same results up to rounding)"))
+
+
+def _optimisation_options(g: Any, d: TrainConfig) -> None:
     g.add_argument("--epochs", type=int, help=f"number of epochs (default {d.epochs})")
     g.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
     g.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g})")
@@ -46,6 +52,13 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ema", type=float, metavar="DECAY",
                    help="evaluate and save an exponential moving average of the weights with this decay per step, "
                         "e.g. 0.999 (default 0: off)")
+    g.add_argument("--label-smoothing", type=float, help="label smoothing (default 0)")
+    g.add_argument("--balanced-sampler", action="store_true", default=None, help="draw class-balanced batches")
+    g.add_argument("--class-weighted-loss", action="store_true", default=None, help="inverse-frequency class weights")
+    g.add_argument("--nonfinite", choices=CHOICES["nonfinite"], help="on a non-finite loss: stop (default) or skip the step")
+
+
+def _noise_options(g: Any, d: TrainConfig) -> None:
     g.add_argument("--interval", type=int, help=f"periodic interval T (default {d.interval})")
     g.add_argument("--interval-unit", choices=CHOICES["interval_unit"], help="what T counts (default epoch, as in the paper)")
     g.add_argument("--position", choices=CHOICES["position"], help="injection point in each block (default bn1)")
@@ -61,7 +74,9 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--bn-recalibrate", type=int, metavar="N",
                    help="before each evaluation, re-estimate BatchNorm statistics on N clean training batches "
                         "(default 0: off, as in the paper; the statistics then include noisy steps)")
-    g.add_argument("--nonfinite", choices=CHOICES["nonfinite"], help="on a non-finite loss: stop (default) or skip the step")
+
+
+def _model_data_options(g: Any, d: TrainConfig) -> None:
     g.add_argument("--model", help="resnet18 (default), resnet34, torchvision:<name> or timm:<name>")
     g.add_argument("--stem", choices=CHOICES["stem"],
                    help="ResNet stem: imagenet 7x7/2 + max-pool (default; 48x48 faces reach layer1 at 12x12), "
@@ -72,17 +87,16 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", choices=CHOICES["augment"], help="augmentation preset (default paper: flip only)")
     g.add_argument("--train-limit", type=int, help="train on a fixed random subset of this many images")
     g.add_argument("--val-limit", type=int, help="validate on a fixed random subset of this many images")
-    g.add_argument("--label-smoothing", type=float, help="label smoothing (default 0)")
+    g.add_argument("--format", dest="data_format", help="data layout, when detection is not wanted")
+    g.add_argument("--cache-dir", help="where prepared caches live (default $FERNOISE_CACHE or ~/.cache/fernoise)")
+    g.add_argument("--device", choices=CHOICES["device"], help="device (default auto)")
     g.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate on each face and its mirror image, averaging the predictions (default off)")
     g.add_argument("--tta-shift", type=int, metavar="PIXELS",
                    help="evaluate also on each view moved this many pixels left, right, up and down (default 0: off)")
-    g.add_argument("--balanced-sampler", action="store_true", default=None, help="draw class-balanced batches")
-    g.add_argument("--class-weighted-loss", action="store_true", default=None, help="inverse-frequency class weights")
-    g.add_argument("--format", dest="data_format", help="data layout, when detection is not wanted")
-    g.add_argument("--cache-dir", help="where prepared caches live (default $FERNOISE_CACHE or ~/.cache/fernoise)")
-    g.add_argument("--device", choices=CHOICES["device"], help="device (default auto)")
-    f = parser.add_argument_group("speed options (same results up to rounding)")
+
+
+def _speed_options(f: Any) -> None:
     f.add_argument("--precision", choices=CHOICES["precision"],
                    help="autocast precision of the forward pass (default fp32); auto: bf16 with channels_last where "
                         "it pays (a GPU with bf16, a CPU with AMX), else fp32")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import signal
 import time
@@ -39,19 +38,16 @@ from fernoise.data.classes import DataError
 from fernoise.distributed import DeviceError, Distributed, init_distributed
 from fernoise.evaluate import evaluate_arrays
 from fernoise.io import PathLike, RunLock, write_text_atomic
-from fernoise.metrics import RunningF1
 from fernoise.models import build_model
 from fernoise.noise import NoiseController, PeriodicSchedule, autorelu_weight
 from fernoise.runfiles import METRIC_COLUMNS, METRICS_FILE, TRACE_FILE, trace_rows_before, write_metrics, write_trace
+from fernoise.epoch import EpochStats, Progress, TrainingError
+from fernoise.optim import STEPWISE_SCHEDULERS, build_optimizer, build_scheduler, fit_schedule, weight_average
 from fernoise.step import TrainStep, resolve_precision
 
 CHECK_EVERY = 10  # steps between host syncs for the progress bar and the NaN check
 LAST_PT = Path("checkpoints", "last.pt")  # complete, for resuming
 BEST_PT = Path("checkpoints", "best.pt")  # inference only, the best validation macro-F1
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (diverged, bad resume); the message says where and what to do."""
 
 
 # --------------------------------------------------------------------------- data
@@ -111,64 +107,7 @@ def _place_data(cfg: TrainConfig, data: TrainData, device: torch.device, log: Ca
     return dataclasses.replace(data, train_images=images, train_labels=labels)
 
 
-# --------------------------------------------------------------------------- optimisation
-
-
-def _optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    params = model.parameters()
-    fused = device.type == "cuda"
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay, fused=fused)
-    # A captured step needs Adam's step counters on the device (capturable).
-    adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    # Adam: coupled (L2) weight decay as in the paper; it is also what moves AutoReLU's w.
-    return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, capturable=cfg.capture)
-
-
-STEPWISE_SCHEDULERS = ("onecycle",)  # stepped after every batch; the others after every epoch
-
-
-def onecycle_factor(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """The one-cycle multiplier of the learning rate at step ``s`` (0-based): a linear rise over
-    ``warmup_steps`` to 1, then a linear fall that reaches ``1 / (total_steps - warmup_steps)``
-    at the last step, so the whole budget anneals (no step is spent at zero)."""
-    def factor(step: int) -> float:
-        rise = (step + 1) / (warmup_steps + 1) if warmup_steps else 1.0
-        return max(0.0, min(rise, (total_steps - step) / (total_steps - warmup_steps)))
-    return factor
-
-
-def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
-               steps_per_epoch: int) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    if cfg.scheduler == "onecycle":
-        warmup = min(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch - 1)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, onecycle_factor(cfg.epochs * steps_per_epoch, warmup))
-    return None
-
-
-def _weight_average(cfg: TrainConfig, model: nn.Module) -> Optional[torch.optim.swa_utils.AveragedModel]:
-    """The exponential moving average of the weights (BatchNorm statistics included), or None when off."""
-    if not cfg.ema:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-
-
-def _fit_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, optimizer: torch.optim.Optimizer,
-                  epochs: int) -> None:
-    """A resumed cosine schedule stretched to a new number of epochs: the learning rate of the
-    next epoch is what a run of ``epochs`` epochs would use there (closed form)."""
-    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == epochs:
-        return
-    scheduler.T_max = epochs
-    done = scheduler.last_epoch
-    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * done / epochs)) / 2
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+# --------------------------------------------------------------------------- random streams
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
@@ -269,10 +208,10 @@ def _start(cfg: TrainConfig, out: Path, ddp: Distributed, device: torch.device, 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = ddp.wrap(model, device)  # converts BatchNorm in place on GPUs; model stays the plain network
-    average = _weight_average(cfg, model)
-    optimizer = _optimizer(cfg, model, device)
+    average = weight_average(cfg, model)
+    optimizer = build_optimizer(cfg, model, device)
     steps_per_epoch = num_batches(len(data.train_labels), cfg.batch_size // ddp.world_size, world_size=ddp.world_size)
-    scheduler = _scheduler(cfg, optimizer, steps_per_epoch)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     schedule = PeriodicSchedule(cfg.interval, cfg.interval_unit) if cfg.noise == "periodic" else None
     # The per-step AutoReLU trace cannot be recorded from inside a CUDA graph.
     noise = NoiseController(model, schedule, sync_scope=cfg.autorelu_sync, trace=not cfg.capture)
@@ -309,7 +248,7 @@ def _resume(run: _Run) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     if run.scheduler is not None and state.get("scheduler"):
         run.scheduler.load_state_dict(state["scheduler"])
-        _fit_schedule(run.scheduler, run.optimizer, run.cfg.epochs)
+        fit_schedule(run.scheduler, run.optimizer, run.cfg.epochs)
     run.noise.load_state_dict(state["noise"])
     _set_rng_state(state["rng"], run.generator, run.device)
     run.epoch, run.best, run.rows = state["epoch"], state["best"], list(state["metrics"])
@@ -441,10 +380,10 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
         balanced=cfg.balanced_sampler, rank=ddp.rank, world_size=ddp.world_size, device=run.device,
     )
     total = num_batches(len(run.data.train_labels), local_batch, world_size=ddp.world_size)
-    stats = _EpochStats(total, run.num_classes, run.device, ddp)
+    stats = EpochStats(total, run.num_classes, run.device, ddp)
     stepwise = cfg.scheduler in STEPWISE_SCHEDULERS
     lr = run.optimizer.param_groups[0]["lr"]
-    with _Progress(run.quiet, total, epoch, cfg.epochs) as progress:
+    with Progress(run.quiet, total, epoch, cfg.epochs) as progress:
         for step, (images, labels) in enumerate(batches, start=1):
             inputs = run.augment(images, generator=run.generator, train=True)
             if run.channels_last:
@@ -564,91 +503,3 @@ def _summarise(run: _Run) -> dict[str, Any]:
                                  cfg.eval_batch_size, cfg.tta_flip, tta_shift=cfg.tta_shift)
         summary.update(test_f1=scores["macro_f1"], test_acc=scores["accuracy"])
     return summary
-
-
-# --------------------------------------------------------------------------- an epoch's running numbers
-
-
-class _EpochStats:
-    """Loss, running macro-F1 and skipped steps of one epoch, kept on the device.
-
-    Per-step loss x batch size stays on the device: no host sync per step. Losses are
-    checked for NaN/inf when the progress bar refreshes (every :data:`CHECK_EVERY` steps).
-    """
-
-    def __init__(self, total: int, num_classes: int, device: torch.device, ddp: Distributed) -> None:
-        self.ddp = ddp
-        self.weighted_losses = torch.zeros(total, dtype=torch.float64, device=device)
-        self.running = RunningF1(num_classes)
-        self.seen, self.skipped = 0, 0
-        self.start = time.perf_counter()
-
-    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, skipped: bool) -> None:
-        if skipped:
-            self.skipped += 1
-            return
-        self.weighted_losses[step - 1] = loss * len(labels)
-        self.seen += len(labels)
-        self.running.update(logits.argmax(1), labels)
-
-    def so_far(self, step: int, epoch: int) -> tuple[float, float, float]:
-        """Mean loss, macro-F1 and images per second up to ``step`` (raises at a non-finite loss)."""
-        loss_sum = _checked_loss_sum(self.weighted_losses[:step], epoch, self.ddp)
-        return loss_sum / max(self.seen, 1), self.running.compute(), self.seen / (time.perf_counter() - self.start)
-
-    def row(self, epoch: int) -> dict[str, Any]:
-        """The epoch's train loss and macro-F1 over all ranks, and its seconds."""
-        loss_sum, seen = float(self.weighted_losses.sum()), self.seen
-        if self.ddp.enabled:
-            loss_sum, seen = (float(v) for v in self.ddp.sum_(torch.tensor([loss_sum, seen], dtype=torch.float64)))
-            self.running.all_reduce_()
-        if seen == 0:
-            raise TrainingError(f"every training step of epoch {epoch} had a non-finite loss; nothing was learned")
-        return {"epoch": epoch, "train_loss": loss_sum / seen, "train_f1": self.running.compute(),
-                "seconds": time.perf_counter() - self.start}
-
-
-def _checked_loss_sum(weighted_losses: torch.Tensor, epoch: int, ddp: Distributed) -> float:
-    """This rank's loss sum so far; raises at the first non-finite step (on every rank alike)."""
-    bad = ~torch.isfinite(weighted_losses)
-    loss_sum, bad_steps = torch.stack([weighted_losses.masked_fill(bad, 0).sum(), bad.sum().to(torch.float64)]).tolist()
-    if ddp.enabled:  # every rank must take the same branch below
-        bad_steps = float(ddp.sum_(torch.tensor([bad_steps], dtype=torch.float64, device=weighted_losses.device)))
-    if bad_steps:
-        if bad.any():
-            first = int(bad.nonzero()[0])
-            what = f"({float(weighted_losses[first])}) at epoch {epoch}, step {first + 1}"
-        else:
-            what = f"at epoch {epoch}, in another process"
-        raise TrainingError(
-            f"non-finite training loss {what}; "
-            f"checkpoints/last.pt keeps the state after epoch {epoch - 1}. "
-            f"Lower the learning rate, or set nonfinite: skip to skip such steps"
-        )
-    return loss_sum
-
-
-class _Progress:
-    """tqdm bar per epoch (loss, running F1, images/s), or nothing when quiet."""
-
-    def __init__(self, quiet: bool, total: int, epoch: int, epochs: int) -> None:
-        self.bar = None
-        if not quiet:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
-
-    def __enter__(self) -> "_Progress":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def show(self, loss: float, f1: float, images_per_s: float) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", f1=f"{f1:.3f}", img_s=f"{images_per_s:.0f}", refresh=False)
-
-    def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update()

@@ -1,0 +1,73 @@
+"""The optimisation of a run: optimizer, learning-rate schedule and weight average, built from its config.
+
+``adam`` (the paper's, with coupled weight decay), ``adamw`` or ``sgd`` (optionally Nesterov); schedules
+``none``, ``cosine`` (stepped per epoch) and ``onecycle`` (per step: a linear warm-up, then a linear decay
+over the whole budget); ``ema``: an exponential moving average of the weights, BatchNorm statistics included,
+which is what gets evaluated and saved.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from fernoise.config import TrainConfig
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    params = model.parameters()
+    fused = device.type == "cuda"
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay, fused=fused)
+    # A captured step needs Adam's step counters on the device (capturable).
+    adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    # Adam: coupled (L2) weight decay as in the paper; it is also what moves AutoReLU's w.
+    return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, capturable=cfg.capture)
+
+
+STEPWISE_SCHEDULERS = ("onecycle",)  # stepped after every batch; the others after every epoch
+
+
+def onecycle_factor(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """The one-cycle multiplier of the learning rate at step ``s`` (0-based): a linear rise over
+    ``warmup_steps`` to 1, then a linear fall that reaches ``1 / (total_steps - warmup_steps)``
+    at the last step, so the whole budget anneals (no step is spent at zero)."""
+    def factor(step: int) -> float:
+        rise = (step + 1) / (warmup_steps + 1) if warmup_steps else 1.0
+        return max(0.0, min(rise, (total_steps - step) / (total_steps - warmup_steps)))
+    return factor
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
+               steps_per_epoch: int) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.scheduler == "onecycle":
+        warmup = min(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch - 1)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, onecycle_factor(cfg.epochs * steps_per_epoch, warmup))
+    return None
+
+
+def weight_average(cfg: TrainConfig, model: nn.Module) -> Optional[torch.optim.swa_utils.AveragedModel]:
+    """The exponential moving average of the weights (BatchNorm statistics included), or None when off."""
+    if not cfg.ema:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+
+
+def fit_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, optimizer: torch.optim.Optimizer,
+                  epochs: int) -> None:
+    """A resumed cosine schedule stretched to a new number of epochs: the learning rate of the
+    next epoch is what a run of ``epochs`` epochs would use there (closed form)."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == epochs:
+        return
+    scheduler.T_max = epochs
+    done = scheduler.last_epoch
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * done / epochs)) / 2
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
