@@ -14,7 +14,8 @@ from fernoise.data import Augmenter
 from fernoise.evaluate import predict_arrays, shifted, tta_views
 from fernoise.models import build_model
 from fernoise.step import resolve_precision
-from fernoise.train import onecycle_factor, train
+from fernoise.optim import onecycle_factor
+from fernoise.train import train
 
 TINY = dict(train_limit=96, val_limit=64, image_size=32, batch_size=32, eval_batch_size=64, device="cpu")
 
