@@ -20,7 +20,7 @@ def main(folder: str) -> None:
         stats, cfg = trace_stats(run.trace), run.config
         shares = " ".join(f"{v:.2f}" for v in stats["noisy_share_per_epoch"].values())
         per = "channel" if cfg.get("autorelu_per_channel", True) else "unit"
-        print(f"| {path.name} | {cfg.get('autorelu_grad', 'exact')} | {cfg['autorelu_init']} | {per} | {cfg['precision']} | "
+        print(f"| {path.name} | {cfg['autorelu_grad']} | {cfg['autorelu_init']} | {per} | {cfg['precision']} | "
               f"{run.seed} | {stats['steps']} | {stats['first_noisy_step'] or 'never'} | {stats['switches']} | "
               f"{stats['noisy_steps']} ({stats['noisy_share']:.1%}) | {stats['longest_noisy_stretch']} | {shares} | "
               f"{stats['final_w']:.2g} |")

@@ -562,3 +562,14 @@ def test_report_counts_the_noisy_steps_of_dynamic_runs_and_warns_about_silent_on
                                                                                                           2: 0.25}}
     with Image.open(noisy / "autorelu_trace.png") as image:
         assert_plot(image, ["tab:red", "tab:blue", "tab:green"])
+
+
+def test_a_run_from_before_autorelu_grad_reads_as_the_exact_gradient_it_used(tmp_path: Path):
+    from fernoise.runs import load_run
+
+    old = make_run(tmp_path, "dynamic", 0, autorelu=True)  # its config.yaml has no autorelu_grad
+    assert load_run(old).config["autorelu_grad"] == "exact"
+    new = make_run(tmp_path / "new", "dynamic", 0, autorelu=True)
+    config = yaml.safe_load((new / "config.yaml").read_text())
+    (new / "config.yaml").write_text(yaml.safe_dump({**config, "autorelu_grad": "autograd"}))
+    assert load_run(new).config["autorelu_grad"] == "autograd"

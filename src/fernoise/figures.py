@@ -181,7 +181,7 @@ def plot_autorelu_trace(trace: Mapping[str, np.ndarray], path: PathLike, title: 
 def plot_run_trace(run: RunRecord, path: PathLike) -> None:
     """:func:`plot_autorelu_trace` of a traced dynamic run, titled with its AutoReLU and optimizer settings."""
     cfg = run.config
-    title = (f"{run.path.name}: AutoReLU grad={cfg.get('autorelu_grad', 'exact')}, init {cfg.get('autorelu_init')}, "
+    title = (f"{run.path.name}: AutoReLU grad={cfg['autorelu_grad']}, init {cfg.get('autorelu_init')}, "
              f"{cfg.get('optimizer')} lr {cfg.get('lr')} wd {cfg.get('weight_decay')}, seed {run.seed}")
     plot_autorelu_trace(run.trace, path, title)
 

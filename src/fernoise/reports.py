@@ -139,7 +139,7 @@ def _dynamic_noise_markdown(dynamic: Sequence[RunRecord], figures: Sequence[tupl
     never = []
     for run in dynamic:
         cfg = run.config
-        setting = f"{cfg.get('autorelu_grad', 'exact')}, {cfg.get('autorelu_init')}"
+        setting = f"{cfg['autorelu_grad']}, {cfg.get('autorelu_init')}"
         shares = " ".join(f"{v:.2f}" for v in run.metrics["noise_on"])
         if run.trace is not None:
             stats = trace_stats(run.trace)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence, TypeV
 import numpy as np
 import yaml
 
+from fernoise.config import PREDATED
 from fernoise.io import PathLike
 from fernoise.runfiles import METRIC_COLUMNS, TRACE_FILE, TRACE_HEADER
 
@@ -167,7 +168,7 @@ def load_run(run_dir: PathLike) -> RunRecord:
         seed=config["seed"],
         metrics=_read_metrics(path / "metrics.csv"),
         summary=_read_summary(path / "summary.json"),
-        config=config,
+        config={**PREDATED, **config},  # a key the run predates: what it did then
         trace=read_trace(trace_path) if trace_path.is_file() else None,
     )
 
