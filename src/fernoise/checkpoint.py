@@ -37,7 +37,8 @@ from fernoise.version import __version__
 
 FORMAT = "fernoise-checkpoint"
 VERSION = 1
-RESUME_KEYS = ("optimizer", "scheduler", "noise", "rng", "metrics", "train_state_dict", "ema_updates")
+RESUME_KEYS = ("optimizer", "scheduler", "noise", "rng", "metrics")
+AVERAGE_KEYS = ("train_state_dict", "ema_updates")  # resuming a run with a weight average (ema) needs these too
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch colours parts of its messages
 
 
@@ -57,7 +58,8 @@ def save_checkpoint(path: PathLike, checkpoint: dict[str, Any]) -> None:
 
 def inference_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """``checkpoint`` without what only resuming needs: weights, classes, input, noise and provenance."""
-    return {**{key: value for key, value in checkpoint.items() if key not in RESUME_KEYS}, "kind": "inference"}
+    dropped = RESUME_KEYS + AVERAGE_KEYS
+    return {**{key: value for key, value in checkpoint.items() if key not in dropped}, "kind": "inference"}
 
 
 def half_precision(checkpoint: dict[str, Any]) -> dict[str, Any]:
