@@ -13,7 +13,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -111,15 +111,17 @@ def export_onnx(checkpoint_path: PathLike, out: PathLike, opset: int = DEFAULT_O
     return metadata
 
 
-def export_checkpoint(checkpoint_path: PathLike, out: PathLike, half: bool = False) -> tuple[int, int]:
+def export_checkpoint(checkpoint_path: PathLike, out: PathLike, half: bool = False,
+                      extra: Optional[dict[str, Any]] = None) -> tuple[int, int]:
     """Write an inference-only copy of a checkpoint (float16 weights with ``half``), atomically.
 
+    ``extra``: entries added to the copy (plain data only, e.g. the bundled model's ``card``).
     The copy is written beside ``out``, read back and checked to rebuild the model before it
     replaces ``out``: what is checked is the file a user gets. Returns the sizes in bytes of the
     source and of the copy.
     """
     checkpoint = load_checkpoint(checkpoint_path)
-    slim = (half_precision if half else inference_checkpoint)(checkpoint)
+    slim = {**(half_precision if half else inference_checkpoint)(checkpoint), **(extra or {})}
     out = Path(out)
     staged = out.with_name(f".{out.name}.check.tmp")
     try:

@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from fernoise.batchnorm import fold_batchnorm
+from fernoise.bundled import bundled_model_path
 from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, parse_input
 from fernoise.data import normalize
 from fernoise.data.decode import to_8bit
@@ -203,18 +204,43 @@ def _decoded(inputs: list[tuple[Path, str]], every: int,
 # --------------------------------------------------------------------------- the predictor
 
 
+def _read_model(path: PathLike) -> tuple[nn.Module, list[str], dict[str, Any]]:
+    """A checkpoint's model, class names and input description, checked to fit one another."""
+    checkpoint = load_checkpoint(path)
+    size, channels, _, _ = parse_input(checkpoint["input"], path)
+    model = model_from_checkpoint(checkpoint, path)
+    try:  # one dummy face: the input description must fit the network, the class names its outputs
+        with torch.inference_mode():
+            outputs = model(torch.zeros(1, channels, size, size)).shape[-1]
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: the model does not take its described input {checkpoint['input']}: {str(exc).splitlines()[0]}"
+        ) from None
+    classes = checkpoint["classes"]
+    if not isinstance(classes, (list, tuple)) or len(classes) != outputs:
+        raise CheckpointError(f"{path}: {len(classes)} class names {classes!r} for {outputs} model outputs")
+    return model, [str(c) for c in classes], checkpoint["input"]
+
+
 class Predictor:
     """Classifies the expressions of faces in images with a trained model (eval mode, no noise).
 
     ``detector`` is ``"yunet"`` (default) or ``"haar"`` (see :mod:`fernoise.detect`), or ``"none"``
     to treat each image as one pre-cropped face. ``margin=None`` (default) frames each face as
     FER2013 does; a number crops the detector's box grown by that fraction of its size on each
-    side, upright. Use :meth:`from_checkpoint` to build one from a file.
+    side, upright. Use :meth:`from_checkpoint` to build one from a file; ``Predictor()`` without a
+    model uses the model bundled with fernoise (:mod:`fernoise.bundled`).
     """
 
-    def __init__(self, model: nn.Module, classes: Sequence[str], input_spec: dict[str, Any], *,
+    def __init__(self, model: Optional[nn.Module] = None, classes: Optional[Sequence[str]] = None,
+                 input_spec: Optional[dict[str, Any]] = None, *,
                  device: Union[str, torch.device] = "cpu", detector: str = DEFAULT_DETECTOR,
                  margin: Optional[float] = None, batch_size: int = DEFAULT_BATCH, engine: str = "torch") -> None:
+        if model is None and classes is None and input_spec is None:
+            model, classes, input_spec = _read_model(bundled_model_path())
+        elif model is None or classes is None or input_spec is None:
+            raise PredictError("give the model, its classes and its input description together, or none of them "
+                               "for the bundled model")
         if engine not in ("torch", "onnx"):
             raise PredictError(f"engine must be 'torch' or 'onnx', got {engine!r}")
         detector = OLD_DETECTOR_NAMES.get(detector, detector)
@@ -237,23 +263,12 @@ class Predictor:
         self.batch_size = int(batch_size)
 
     @classmethod
-    def from_checkpoint(cls, path: PathLike, device: Union[str, torch.device] = "cpu", detector: str = DEFAULT_DETECTOR,
-                        **kwargs: Any) -> "Predictor":
-        """Load a fernoise checkpoint safely; ``kwargs`` as the constructor (margin, batch_size, engine)."""
-        checkpoint = load_checkpoint(path)
-        size, channels, _, _ = parse_input(checkpoint["input"], path)
-        model = model_from_checkpoint(checkpoint, path)
-        try:  # one dummy face: the input description must fit the network, the class names its outputs
-            with torch.inference_mode():
-                outputs = model(torch.zeros(1, channels, size, size)).shape[-1]
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{path}: the model does not take its described input {checkpoint['input']}: {str(exc).splitlines()[0]}"
-            ) from None
-        classes = checkpoint["classes"]
-        if not isinstance(classes, (list, tuple)) or len(classes) != outputs:
-            raise CheckpointError(f"{path}: {len(classes)} class names {classes!r} for {outputs} model outputs")
-        return cls(model, classes, checkpoint["input"], device=device, detector=detector, **kwargs)
+    def from_checkpoint(cls, path: Optional[PathLike] = None, device: Union[str, torch.device] = "cpu",
+                        detector: str = DEFAULT_DETECTOR, **kwargs: Any) -> "Predictor":
+        """Load a fernoise checkpoint safely, the bundled model when ``path`` is None; ``kwargs`` as the
+        constructor (margin, batch_size, engine)."""
+        model, classes, spec = _read_model(bundled_model_path() if path is None else path)
+        return cls(model, classes, spec, device=device, detector=detector, **kwargs)
 
     # -- the steps
 
