@@ -1,13 +1,16 @@
-"""The ``fernoise`` command: its arguments and commands (prepare, train, evaluate, reproduce, report, trace-autorelu, predict, export)."""
+"""The ``fernoise`` command: its arguments and commands (prepare, train, evaluate, reproduce, report, trace-autorelu, predict, export, models)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import shlex
 import signal
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -120,7 +123,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fernoise {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_train, _add_evaluate, _add_reproduce, _add_report, _add_trace_autorelu, _add_predict, _add_export):
+    for add in (_add_prepare, _add_train, _add_evaluate, _add_reproduce, _add_report, _add_trace_autorelu, _add_predict,
+                _add_export, _add_models):
         add(sub)
     return parser
 
@@ -154,8 +158,11 @@ def _add_train(sub: Any) -> None:
 def _add_evaluate(sub: Any) -> None:
     from fernoise.evaluate import SPLITS
 
-    e = sub.add_parser("evaluate", help="score a checkpoint on a data set", description="Macro-F1, accuracy, per-class scores and confusion matrix of a checkpoint; for a directory of runs, one table of every run's best.pt.")
-    e.add_argument("checkpoint", help="a fernoise checkpoint (.pt), or a directory of run folders: each run's best.pt is scored")
+    e = sub.add_parser("evaluate", help="score a checkpoint on a data set", description="Macro-F1, accuracy, per-class scores and confusion matrix of a checkpoint (by default the model bundled with fernoise); for a directory of runs, one table of every run's best.pt.")
+    e.add_argument("checkpoint", nargs="?",
+                   help="a fernoise checkpoint (.pt), or a directory of run folders: each run's best.pt is scored "
+                   "(the same as --model; default: the bundled model)")
+    _model_option(e)
     e.add_argument("--data", default="synthetic", help="data set path or 'synthetic' (default)")
     e.add_argument("--split", choices=[*SPLITS, "all"],
                    help="split to score, or all (default: its own val split, else its own test split, else every image)")
@@ -221,12 +228,16 @@ def _add_predict(sub: Any) -> None:
 
     p = sub.add_parser(
         "predict", help="expressions of the faces in photos, folders and videos",
-        description="Find faces (YuNet, or the Haar cascade), classify their expression with a checkpoint and print "
-        "a table. Exit code 2 when any input failed; the others are still processed.",
+        description="Find faces (YuNet, or the Haar cascade), classify their expression with the model bundled with "
+        "fernoise (`fernoise models` says what it is) or with --model CHECKPOINT, and print a table. Exit code 2 "
+        "when any input failed; the others are still processed. The older form `fernoise predict CHECKPOINT.pt "
+        "INPUT...` still works.",
     )
-    p.add_argument("checkpoint", help="a fernoise checkpoint (.pt)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="image files (JPEG, PNG, WebP, BMP, TIFF), folders (searched recursively) or video files")
+    _model_option(p)
+    p.add_argument("--model-info", action="store_true", help="print what the model is (its card's facts) and exit")
+    p.set_defaults(usage_error=p.error)
     p.add_argument("--json", metavar="FILE", help="also write all results as JSON")
     p.add_argument("--annotate", metavar="DIR", help="write copies with boxes and labels drawn into DIR")
     p.add_argument("--every", type=_positive_int, default=1, metavar="K", help="videos: every K-th frame (default 1)")
@@ -255,11 +266,61 @@ def _add_export(sub: Any) -> None:
         "form, no noise) as ONNX: input 'faces' float32 (N, C, size, size) normalised as in training, output "
         "'logits'; class names and input description in metadata_props.",
     )
-    e.add_argument("checkpoint", help="a fernoise checkpoint (.pt)")
+    e.add_argument("checkpoint", nargs="?", help="a fernoise checkpoint (.pt) (the same as --model; default: the bundled model)")
+    _model_option(e)
     e.add_argument("--pt", metavar="FILE", help="checkpoint file to write, without optimizer or other resume state")
     e.add_argument("--half", action="store_true", help="with --pt: store the weights as float16 (half the size)")
     e.add_argument("--onnx", metavar="FILE", help="ONNX file to write")
     e.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+
+
+def _add_models(sub: Any) -> None:
+    sub.add_parser(
+        "models", help="what the model bundled with fernoise is",
+        description="Print what the model bundled with fernoise is, read from its file: architecture, input, "
+        "classes, training data and its terms, training command, recorded scores and known limits (the full card: "
+        "docs/MODEL.md). predict, evaluate and export use it when no --model is given.",
+    )
+
+
+def _model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="PATH",
+                        help="a fernoise checkpoint (.pt) (default: the model bundled with fernoise; see `fernoise models`)")
+
+
+def _checkpoint_argument(args: argparse.Namespace) -> str:
+    """evaluate and export: --model or the positional checkpoint (not both), else the bundled model."""
+    from fernoise.bundled import bundled_model_path
+
+    if args.checkpoint and args.model:
+        raise ValueError(f"two models given, {args.checkpoint} and --model {args.model}: give one")
+    return args.model or args.checkpoint or str(bundled_model_path())
+
+
+def _predict_model(args: argparse.Namespace) -> Optional[str]:
+    """predict's model: --model, or a checkpoint as the first argument (the older form); None: the bundled model.
+
+    The older form is recognised by the first argument's name (.pt, .pth) or content (a PyTorch
+    archive is a zip file, which no image or video is); it is then taken out of the inputs.
+    """
+    first = Path(args.inputs[0]) if args.inputs else None
+    if first is not None and first.suffix.lower() == ".onnx":
+        raise ValueError(f"{first}: predict runs fernoise checkpoints (.pt), not ONNX files; to run a checkpoint's "
+                         "network in ONNX Runtime: fernoise predict --model CHECKPOINT.pt --engine onnx INPUT...")
+    old_form = first is not None and (first.suffix.lower() in (".pt", ".pth")
+                                      or (first.is_file() and zipfile.is_zipfile(first)))
+    if not old_form:
+        return args.model
+    if args.model:
+        raise ValueError(f"{first}: a checkpoint among the inputs besides --model {args.model}: give one model, "
+                         "with --model")
+    if not first.is_file():
+        raise FileNotFoundError(f"{first}: no such checkpoint file (predict takes its model as --model PATH, and "
+                                "without it uses the bundled model: fernoise predict [--model PATH] INPUT...)")
+    print(f"fernoise: note: the checkpoint as the first argument is the older form; write "
+          f"`fernoise predict --model {shlex.quote(str(first))} INPUT...`", file=sys.stderr)
+    args.inputs = args.inputs[1:]
+    return str(first)
 
 
 def _data_name(data: Optional[str]) -> str:
@@ -281,7 +342,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fernoise.config import preset_path, resolve_config, resolve_run_config
+    from fernoise.config import resolve_run_config
     from fernoise.train import train
 
     if args.resume:
@@ -290,8 +351,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{out}: no config.yaml, so there is no run to resume")
         cfg = resolve_run_config(out, epochs=args.epochs, device=args.device)
     else:
-        config_file = preset_path(args.config) if args.config else None
-        cfg = resolve_config(config_file, data=args.data, method=args.method, seed=args.seed, **_overrides(args))
+        cfg = _train_config(args)
         out = Path(args.out or f"runs/{cfg.method}-seed{cfg.seed}")
     summary = train(cfg, out, resume=bool(args.resume), quiet=args.quiet)
     if not summary:  # a torchrun worker other than rank 0
@@ -303,9 +363,55 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    from fernoise.config import preset_path, resolve_config
+
+    config_file = preset_path(args.config) if args.config else None
+    return resolve_config(config_file, data=args.data, method=args.method, seed=args.seed, **_overrides(args))
+
+
+def train_command(config: dict[str, Any], out: str, presets: Sequence[Optional[str]] = ("fer2013-fast", None)) -> str:
+    """A ``fernoise train`` command that trains a run's saved ``config`` again into ``out``.
+
+    The shortest of: each preset (None: no --config) with the flags of the settings that differ
+    from it, kept only when the parser and :func:`fernoise.config.resolve_config` turn it back into
+    the same settings (speed-only ones aside); else ``--config`` of the run's own config.yaml.
+    """
+    from fernoise.config import SPEED_ONLY, config_changes, preset_path, resolve_config
+
+    parser = argparse.ArgumentParser(prog="fernoise")
+    sub = parser.add_subparsers(dest="command")
+    _add_train(sub)
+    flags = {action.dest: action for action in sub.choices["train"]._actions}  # noqa: SLF001 - argparse keeps them there
+    found = []
+    for preset in presets:
+        words = ["--config", preset] if preset else []
+        changes = config_changes(config, resolve_config(preset_path(preset) if preset else None), ignore=SPEED_ONLY)
+        for key, (value, _) in {**changes, "data": (config["data"], None), "seed": (config["seed"], None)}.items():
+            action = flags.get(key)
+            if action is None or value is None:
+                continue
+            if isinstance(action, argparse.BooleanOptionalAction):
+                words.append(action.option_strings[0 if value else 1])
+            elif action.nargs == 0:  # store_true
+                words += [action.option_strings[0]] if value else []
+            else:
+                words += [action.option_strings[0], str(value)]
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # a value the parser refuses: not this preset
+                args = parser.parse_args(["train", *words, "--out", out])
+        except SystemExit:
+            continue
+        if not config_changes(config, _train_config(args), ignore=SPEED_ONLY):
+            found.append(words)
+    words = min(found, key=len) if found else ["--config", str(Path(out) / "config.yaml")]
+    return shlex.join(["fernoise", "train", *words, "--out", out])
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from fernoise.evaluate import evaluate_command
 
+    args.checkpoint = _checkpoint_argument(args)
     return evaluate_command(args)
 
 
@@ -372,9 +478,16 @@ def _count(n: int, noun: str) -> str:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from fernoise.distributed import resolve_device
     from fernoise.io import write_text_atomic
+    from fernoise.bundled import bundled_model_path, model_info
     from fernoise.predict import AnnotatedCopies, Prediction, Predictor, format_predictions
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=resolve_device(args.device), detector=args.detector,
+    model = _predict_model(args) or str(bundled_model_path())
+    if args.model_info:
+        print(model_info(model))
+        return 0
+    if not args.inputs:
+        args.usage_error("no INPUT given: fernoise predict [--model PATH] IMAGE|FOLDER|VIDEO...")
+    predictor = Predictor.from_checkpoint(model, device=resolve_device(args.device), detector=args.detector,
                                           margin=args.margin, batch_size=args.batch_size, engine=args.engine)
     copies = AnnotatedCopies(args.annotate, args.inputs, args.every) if args.annotate else None
     records: list[Prediction] = []
@@ -393,7 +506,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for record in failed:
         print(f"fernoise: error: {record.error}", file=sys.stderr)
     if args.json:
-        report = {"checkpoint": str(args.checkpoint), "classes": predictor.classes,
+        report = {"checkpoint": model, "classes": predictor.classes,
                   "results": [r.to_dict() for r in records]}
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     done = [r for r in records if r.error is None]
@@ -404,15 +517,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from fernoise.checkpoint import load_checkpoint
     from fernoise.export import ExportError, export_checkpoint, export_onnx
 
     if not (args.onnx or args.pt):
         raise ExportError("export: say what to write: --pt FILE (a checkpoint for inference) and/or --onnx FILE")
     if args.half and not args.pt:
         raise ExportError("export: --half applies to --pt (an ONNX export is float32)")
+    args.checkpoint = _checkpoint_argument(args)
     if args.pt:
         sizes = export_checkpoint(args.checkpoint, args.pt, half=args.half)
-        print(f"wrote {args.pt}: {'float16' if args.half else 'float32'} weights, no optimizer state, "
+        dtype = load_checkpoint(args.pt).get("weights_dtype", "float32")  # a float16 source stays float16
+        print(f"wrote {args.pt}: {dtype} weights, no optimizer state, "
               f"{sizes[1] / 2**20:.1f} MiB (from {sizes[0] / 2**20:.1f} MiB)")
     if args.onnx:
         metadata = export_onnx(args.checkpoint, args.onnx, opset=args.opset)
@@ -422,9 +538,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:  # noqa: ARG001 - every command takes its arguments
+    from fernoise.bundled import model_info
+
+    print(model_info())
+    return 0
+
+
 COMMANDS = {
     "prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate, "reproduce": _cmd_reproduce,
     "report": _cmd_report, "trace-autorelu": _cmd_trace_autorelu, "predict": _cmd_predict, "export": _cmd_export,
+    "models": _cmd_models,
 }
 
 
