@@ -23,7 +23,7 @@ def _metrics(run: Path) -> list[dict]:
 
 def test_help_lists_commands():
     out = fernoise("--help").stdout
-    for command in ("prepare", "train", "evaluate", "reproduce", "predict", "export"):
+    for command in ("prepare", "train", "evaluate", "reproduce", "predict", "export", "models"):
         assert command in out
     assert "--interval" in fernoise("train", "--help").stdout
 
