@@ -172,6 +172,8 @@ def _add_evaluate(sub: Any) -> None:
     e.add_argument("--format", dest="data_format", help="data layout, when detection is not wanted")
     e.add_argument("--cache-dir", help="where prepared caches live")
     e.add_argument("--tta-flip", action="store_true", help="average predictions with the mirrored face")
+    e.add_argument("--tta-shift", type=int, default=0, metavar="PIXELS",
+                   help="average also over each view moved this many pixels left, right, up and down (default 0: off)")
     e.add_argument("--bn-recalibrate", type=int, default=0, metavar="N",
                    help="first re-estimate BatchNorm statistics on N clean batches of the data's train split "
                         "(default 0: the statistics saved in the checkpoint)")

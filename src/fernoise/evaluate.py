@@ -172,6 +172,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     batch_size: int = 256,
     tta_flip: bool = False,
+    tta_shift: int = 0,
     bn_recalibrate: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -182,7 +183,7 @@ def evaluate_checkpoint(
     checkpoint = load_checkpoint(checkpoint_path)
     packed = _load_packed(data, checkpoint["input"]["size"], data_format, cache_dir, progress)
     return score_checkpoint(checkpoint, checkpoint_path, packed, data, split, device=device, batch_size=batch_size,
-                            tta_flip=tta_flip, bn_recalibrate=bn_recalibrate)
+                            tta_flip=tta_flip, tta_shift=tta_shift, bn_recalibrate=bn_recalibrate)
 
 
 def score_checkpoint(
@@ -195,6 +196,7 @@ def score_checkpoint(
     device: str = "auto",
     batch_size: int = 256,
     tta_flip: bool = False,
+    tta_shift: int = 0,
     bn_recalibrate: int = 0,
 ) -> dict[str, Any]:
     """:func:`evaluate_checkpoint` for a loaded checkpoint and a prepared data set."""
@@ -213,7 +215,8 @@ def score_checkpoint(
                                              int(config.get("batch_size") or 64))
     # every image is run (unknown classes too, then dropped), so no split is copied out of its memory map
     logits = torch.cat([
-        predict_arrays(model, packed.splits[s].images, augment, torch_device, batch_size, tta_flip) for s in splits
+        predict_arrays(model, packed.splits[s].images, augment, torch_device, batch_size, tta_flip, tta_shift=tta_shift)
+        for s in splits
     ])
     scores = scores_from_logits(logits[torch.from_numpy(known)], mapped, model_classes)
     excluded_total = int(sum(excluded.values()))
@@ -414,7 +417,8 @@ def evaluate_command(args: Any) -> int:
     Exit status 2 when a run's checkpoint could not be used (the others are still scored).
     """
     options = dict(data_format=args.data_format, cache_dir=args.cache_dir, progress=not args.quiet)
-    scoring = dict(device=args.device, tta_flip=args.tta_flip, bn_recalibrate=args.bn_recalibrate)
+    scoring = dict(device=args.device, tta_flip=args.tta_flip, tta_shift=args.tta_shift,
+                   bn_recalibrate=args.bn_recalibrate)
     if Path(args.checkpoint).is_dir():
         if args.confusion:
             raise ValueError(f"--confusion needs one checkpoint file; {args.checkpoint} is a directory of runs")
