@@ -171,3 +171,22 @@ def test_precision_auto_runs_bf16_channels_last_where_it_pays(tmp_path, monkeypa
     summary = train(TrainConfig(**TINY, epochs=1, precision="auto"), tmp_path / "run", quiet=True,
                     log=lambda _: None)
     assert summary["precision"] == "bf16" and summary["channels_last"] is True
+
+
+def test_weight_average_warms_up_then_keeps_its_decay():
+    from torch.optim.swa_utils import AveragedModel
+
+    from fernoise.optim import ema_warmup_update
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    average = AveragedModel(model, multi_avg_fn=ema_warmup_update(0.9), use_buffers=True)
+    expected = None
+    for n in range(40):
+        with torch.no_grad():
+            model[0].weight.fill_(float(n))
+        model(torch.randn(4, 1))
+        average.update_parameters(model)
+        d = min(0.9, (1 + (n - 1)) / (10 + (n - 1)))  # the update after n - 1 earlier ones
+        expected = float(n) if expected is None else d * expected + (1 - d) * n
+        assert float(average.module[0].weight) == pytest.approx(expected, rel=1e-5)
+    assert int(average.module[1].num_batches_tracked) == 40  # counts are copied, not averaged

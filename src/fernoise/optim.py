@@ -51,13 +51,28 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
     return None
 
 
+def ema_warmup_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """The exponential moving average's update after ``n`` earlier ones: ``avg += (1 - d) * (w - avg)`` with
+    ``d = min(decay, (1 + n) / (10 + n))``, the warm-up of TensorFlow's ExponentialMovingAverage, so that the
+    first steps' average follows the weights instead of staying near their random initial values. Integer
+    buffers (BatchNorm's batch count) are copied, not averaged."""
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():  # the tensors come grouped by dtype
+            torch._foreach_copy_(averaged, current)
+            return
+        done = float(n)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + done) / (10.0 + done)))
+    return update
+
+
 def weight_average(cfg: TrainConfig, model: nn.Module) -> Optional[torch.optim.swa_utils.AveragedModel]:
     """The exponential moving average of the weights (BatchNorm statistics included), or None when off."""
     if not cfg.ema:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=ema_warmup_update(cfg.ema), use_buffers=True)
 
 
 def fit_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, optimizer: torch.optim.Optimizer,
