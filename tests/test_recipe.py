@@ -186,7 +186,7 @@ def test_weight_average_warms_up_then_keeps_its_decay():
             model[0].weight.fill_(float(n))
         model(torch.randn(4, 1))
         average.update_parameters(model)
-        d = min(0.9, (1 + (n - 1)) / (10 + (n - 1)))  # the update after n - 1 earlier ones
+        d = min(0.9, (1 + n) / (10 + n))  # the update after n earlier ones (the first copies)
         expected = float(n) if expected is None else d * expected + (1 - d) * n
         assert float(average.module[0].weight) == pytest.approx(expected, rel=1e-5)
     assert int(average.module[1].num_batches_tracked) == 40  # counts are copied, not averaged
