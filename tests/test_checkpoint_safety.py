@@ -162,7 +162,7 @@ def test_predictor_refuses_a_description_that_does_not_fit_the_model(tmp_path, g
 def test_predict_command_refuses_bad_checkpoints_without_a_traceback(tmp_path, good, face, capsys, kind):
     marker = tmp_path / "MARKER"
     path = _malicious_torch(tmp_path / "evil.pt", marker) if kind == "evil" else _broken(kind, tmp_path, good)
-    code = main(["predict", str(path), str(face), "--detector", "none", "--quiet"])
+    code = main(["predict", "--model", str(path), str(face), "--detector", "none", "--quiet"])
     out, err = capsys.readouterr()
     assert code == 2
     assert err.startswith("fernoise: error: ") and path.name in err and "Traceback" not in out + err
@@ -173,7 +173,8 @@ def test_commands_refuse_a_malicious_checkpoint_in_a_real_process(tmp_path, face
     marker = tmp_path / "MARKER"
     path = _malicious_torch(tmp_path / "evil.pt", marker)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for args in (["predict", str(path), str(face)], ["export", str(path), "--onnx", str(tmp_path / "m.onnx")]):
+    commands = (["predict", "--model", str(path), str(face)], ["export", str(path), "--onnx", str(tmp_path / "m.onnx")])
+    for args in commands:
         result = subprocess.run([sys.executable, "-m", "fernoise", *args], capture_output=True, text=True,
                                 env=env, timeout=120)
         assert result.returncode == 2, result.stderr

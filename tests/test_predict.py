@@ -260,7 +260,7 @@ def test_cli_reports_bad_inputs_and_still_processes_the_others(tmp_path, checkpo
     (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (tmp_path / "empty").mkdir()
     inputs = ["good.png", "missing.png", "text.jpg", "truncated.jpg", "empty"]
-    code = main(["predict", str(checkpoint), *[str(tmp_path / n) for n in inputs], "--detector", "none",
+    code = main(["predict", "--model", str(checkpoint), *[str(tmp_path / n) for n in inputs], "--detector", "none",
                  "--json", str(tmp_path / "out.json"), "--quiet"])
     out, err = capsys.readouterr()
     assert code == 2
@@ -278,7 +278,7 @@ def test_cli_reports_bad_inputs_and_still_processes_the_others(tmp_path, checkpo
 def test_cli_says_when_no_face_is_found(tmp_path, checkpoint, capsys, detector):
     Image.fromarray(wide_photo()[0]).save(tmp_path / "photo.jpg")
     Image.new("RGB", (300, 200), (128, 128, 128)).save(tmp_path / "wall.png")
-    code = main(["predict", str(checkpoint), str(tmp_path / "photo.jpg"), str(tmp_path / "wall.png"),
+    code = main(["predict", "--model", str(checkpoint), str(tmp_path / "photo.jpg"), str(tmp_path / "wall.png"),
                  "--detector", detector, "--json", str(tmp_path / "out.json"), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
@@ -294,7 +294,7 @@ def test_cli_annotates_images_and_videos_without_name_collisions(tmp_path, check
         Image.fromarray(face).save(tmp_path / folder / "face.png")
     video = write_video(tmp_path / "clip.avi", synthetic_faces(5, size=64))
     out_dir = tmp_path / "annotated"
-    code = main(["predict", str(checkpoint), str(tmp_path / "a" / "face.png"), str(tmp_path / "b"), str(video),
+    code = main(["predict", "--model", str(checkpoint), str(tmp_path / "a" / "face.png"), str(tmp_path / "b"), str(video),
                  "--detector", "none", "--every", "2", "--annotate", str(out_dir), "--json", str(tmp_path / "r.json")])
     captured = capsys.readouterr()
     assert code == 0, captured.err

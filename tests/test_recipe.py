@@ -62,7 +62,7 @@ def test_nesterov_needs_sgd():
 
 def test_weight_average_is_what_is_evaluated_and_saved(tmp_path):
     run = tmp_path / "run"
-    train(TrainConfig(**TINY, epochs=2, lr=1e-3, ema=0.9), run, quiet=True, log=lambda _: None)
+    train(TrainConfig(**TINY, epochs=2, lr=1e-3, ema=0.9, bn_recalibrate=2), run, quiet=True, log=lambda _: None)
     last = load_checkpoint(run / "checkpoints" / "last.pt", resume=True)
     averaged, trained = last["state_dict"], last["train_state_dict"]
     assert last["ema_updates"] == 6
@@ -96,7 +96,7 @@ def _stop_after(epoch: int):
 
 def test_resume_with_onecycle_and_weight_average_equals_an_uninterrupted_run(tmp_path):
     cfg = TrainConfig(**TINY, epochs=3, optimizer="sgd", nesterov=True, lr=0.05, scheduler="onecycle",
-                      warmup_epochs=1, ema=0.9, method="periodic", interval=1)
+                      warmup_epochs=1, ema=0.9, bn_recalibrate=2, method="periodic", interval=1)
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(cfg, straight, quiet=True, log=lambda _: None)
     with pytest.raises(_Stop):
@@ -178,15 +178,18 @@ def test_weight_average_warms_up_then_keeps_its_decay():
 
     from fernoise.optim import ema_warmup_update
 
-    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
-    average = AveragedModel(model, multi_avg_fn=ema_warmup_update(0.9), use_buffers=True)
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False))
+    average = AveragedModel(model, multi_avg_fn=ema_warmup_update(0.9))
     expected = None
     for n in range(40):
         with torch.no_grad():
             model[0].weight.fill_(float(n))
-        model(torch.randn(4, 1))
         average.update_parameters(model)
         d = min(0.9, (1 + n) / (10 + n))  # the update after n earlier ones (the first copies)
         expected = float(n) if expected is None else d * expected + (1 - d) * n
         assert float(average.module[0].weight) == pytest.approx(expected, rel=1e-5)
-    assert int(average.module[1].num_batches_tracked) == 40  # counts are copied, not averaged
+
+
+def test_weight_average_needs_its_own_batchnorm_statistics():
+    with pytest.raises(ConfigError, match="bn_recalibrate"):
+        TrainConfig(ema=0.999)

@@ -136,6 +136,9 @@ class TrainConfig:
             raise ConfigError(f"lr: must be positive, got {self.lr}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema: must lie in [0, 1) (0: off; e.g. 0.999), got {self.ema}")
+        if self.ema and not self.bn_recalibrate:
+            raise ConfigError("ema: the averaged weights need BatchNorm statistics of their own, re-estimated before "
+                              "each evaluation: set bn_recalibrate (e.g. 20 batches)")
         if self.warmup_epochs < 0 or self.tta_shift < 0:
             key = "warmup_epochs" if self.warmup_epochs < 0 else "tta_shift"
             raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
