@@ -187,7 +187,7 @@ def test_weight_average_warms_up_then_keeps_its_decay():
         average.update_parameters(model)
         d = min(0.9, (1 + n) / (10 + n))  # the update after n earlier ones (the first copies)
         expected = float(n) if expected is None else d * expected + (1 - d) * n
-        assert float(average.module[0].weight) == pytest.approx(expected, rel=1e-5)
+        assert float(average.module[0].weight.detach()) == pytest.approx(expected, rel=1e-5)
 
 
 def test_weight_average_needs_its_own_batchnorm_statistics():
