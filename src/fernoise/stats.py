@@ -20,6 +20,7 @@ TABLE_ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("train_loss", "final_train_loss", "Train loss (final epoch)", ".4g"),
     ("val_f1", "best_val_f1", "Validation macro-F1 (max over epochs)", ".4f"),
     ("final_val_f1", "final_val_f1", "Validation macro-F1 (final epoch)", ".4f"),
+    ("final_val_acc", "final_val_acc", "Validation accuracy (final epoch)", ".4f"),
     ("test_f1", "test_f1", "Test macro-F1", ".4f"),
     ("test_acc", "test_acc", "Test accuracy", ".4f"),
 )
