@@ -50,13 +50,14 @@ def torchvision_transform(preset: str, mean: float, std: float) -> transforms.Co
     tail = [transforms.ToTensor(), transforms.Normalize([mean], [std])]
     if preset == "paper":
         return transforms.Compose([transforms.Resize(48), transforms.RandomHorizontalFlip(), *tail])
-    fov = aug_consts.FOV
+    k = aug_consts.STRENGTHS["fer"]
+    fov = k.fov
     return transforms.Compose([
-        transforms.RandomAffine(aug_consts.MAX_ROTATION_DEG, translate=(0.1, 0.1), scale=(1 / fov[1], 1 / fov[0])),
+        transforms.RandomAffine(k.max_rotation_deg, translate=(0.1, 0.1), scale=(1 / fov[1], 1 / fov[0])),
         transforms.RandomHorizontalFlip(),
         transforms.ColorJitter(brightness=0.2, contrast=0.2),
         *tail,
-        transforms.RandomErasing(aug_consts.ERASE_PROB, scale=aug_consts.ERASE_AREA, ratio=aug_consts.ERASE_ASPECT),
+        transforms.RandomErasing(k.erase_prob, scale=k.erase_area, ratio=k.erase_aspect),
     ])
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -56,18 +58,20 @@ def test_paper_flip_actually_flips():
     assert (same ^ flipped).all() and 16 < int(flipped.sum()) < 48
 
 
+def _set_strength(monkeypatch, **changes) -> None:
+    monkeypatch.setitem(augment.STRENGTHS, "fer", dataclasses.replace(augment.STRENGTHS["fer"], **changes))
+
+
 def test_fer_affine_is_exact_when_randomness_is_switched_off(monkeypatch):
-    for name, value in [("FOV", (1.0, 1.0)), ("ASPECT", (1.0, 1.0)), ("MAX_SHIFT", 0.0), ("MAX_ROTATION_DEG", 0.0),
-                        ("BRIGHTNESS", (1.0, 1.0)), ("CONTRAST", (1.0, 1.0)), ("ERASE_PROB", 0.0)]:
-        monkeypatch.setattr(augment, name, value)
+    _set_strength(monkeypatch, fov=(1.0, 1.0), aspect=(1.0, 1.0), max_shift=0.0, max_rotation_deg=0.0,
+                  brightness=(1.0, 1.0), contrast=(1.0, 1.0), erase_prob=0.0)
     x = batch(64)
     same, flipped = _is_flip_or_not(Augmenter("fer", 48, 1, MEAN, STD)(x, generator=seeded(0)), x, 1e-4)
     assert (same ^ flipped).all() and 16 < int(flipped.sum()) < 48
 
 
 def test_fer_random_erasing_blanks_a_rectangle(monkeypatch):
-    for name, value in [("FOV", (1.0, 1.0)), ("MAX_SHIFT", 0.0), ("MAX_ROTATION_DEG", 0.0), ("ERASE_PROB", 1.0)]:
-        monkeypatch.setattr(augment, name, value)
+    _set_strength(monkeypatch, fov=(1.0, 1.0), max_shift=0.0, max_rotation_deg=0.0, erase_prob=1.0)
     x = torch.full((32, 1, 48, 48), 255, dtype=torch.uint8)  # white: erased pixels are the only zeros
     out = Augmenter("fer", 48, 1, MEAN, STD)(x, generator=seeded(0))
     erased = (out == 0).float().mean(dim=(1, 2, 3))
@@ -81,6 +85,21 @@ def test_fer_changes_geometry_and_photometry():
     out = Augmenter("fer", 48, 1, MEAN, STD)(x, generator=seeded(0))
     same, flipped = _is_flip_or_not(out, x, 1e-3)
     assert not (same | flipped).any()
+
+
+def test_light_moves_pixels_but_keeps_brightness_and_erases_nothing():
+    x = torch.full((64, 1, 48, 48), 200, dtype=torch.uint8)
+    x[:, :, 16:32, 16:32] = 40  # a dark square: its position shows the shift, the bright centre-free area the photometry
+    out = Augmenter("light", 48, 1, MEAN, STD)(x, generator=seeded(0))
+    bright = (200 / 255 - MEAN[0]) / STD[0]
+    dark_at = [(img[0] < 0).nonzero().float().mean(0) for img in out]
+    assert len({tuple(p.round().tolist()) for p in dark_at}) > 10  # the square lands in many places
+    # away from the square and the uncovered borders the value is untouched: no brightness or contrast change
+    assert torch.isclose(out[:, 0, 3, 24], torch.tensor(bright), atol=1e-4).float().mean() > 0.9
+    # no erased rectangle: nothing is set to exactly 0 (the mean) inside the image
+    assert not (out[:, :, 8:40, 8:40] == 0).any()
+    fer = Augmenter("fer", 48, 1, MEAN, STD)(x, generator=seeded(0))
+    assert not torch.isclose(fer[:, 0, 3, 24], torch.tensor(bright), atol=1e-4).all()
 
 
 def test_channels_and_size_are_adapted():

@@ -9,24 +9,40 @@ generator's device), so results are reproducible and identical on CPU and GPU.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-PRESETS: tuple[str, ...] = ("none", "paper", "fer")
 
-# The ``fer`` preset, in the spirit of common FER recipes (RandomResizedCrop, RandomAffine,
-# ColorJitter, RandomErasing); the paper itself names no augmentation beyond flips.
-FOV = (0.85, 1.15)  # sampled field of view relative to the image side (<1 zooms in)
-ASPECT = (0.9, 1.1)
-MAX_SHIFT = 0.1  # extra translation in normalised units (1.0 = half the image)
-MAX_ROTATION_DEG = 10.0
-BRIGHTNESS = (0.8, 1.2)
-CONTRAST = (0.8, 1.2)
-ERASE_PROB = 0.25
-ERASE_AREA = (0.02, 0.15)
-ERASE_ASPECT = (0.3, 3.3)
+
+@dataclass(frozen=True)
+class Strength:
+    """How far the ``fer``-style presets move an image: one affine warp, photometry, erasing."""
+
+    fov: tuple[float, float]  # sampled field of view relative to the image side (<1 zooms in)
+    aspect: tuple[float, float]
+    max_shift: float  # extra translation in normalised units (1.0 = half the image)
+    max_rotation_deg: float
+    brightness: tuple[float, float]
+    contrast: tuple[float, float]
+    erase_prob: float
+    erase_area: tuple[float, float] = (0.02, 0.15)
+    erase_aspect: tuple[float, float] = (0.3, 3.3)
+
+
+# ``fer``, in the spirit of common FER recipes (RandomResizedCrop, RandomAffine, ColorJitter,
+# RandomErasing); the paper itself names no augmentation beyond flips. ``light`` keeps only a
+# small zoom and shift (about 2 px) with the flip, as airbench does for short CIFAR-10 budgets:
+# a network trained for few epochs underfits rather than overfits.
+STRENGTHS: dict[str, Strength] = {
+    "fer": Strength(fov=(0.85, 1.15), aspect=(0.9, 1.1), max_shift=0.1, max_rotation_deg=10.0,
+                    brightness=(0.8, 1.2), contrast=(0.8, 1.2), erase_prob=0.25),
+    "light": Strength(fov=(0.9, 1.1), aspect=(1.0, 1.0), max_shift=0.1, max_rotation_deg=0.0,
+                      brightness=(1.0, 1.0), contrast=(1.0, 1.0), erase_prob=0.0),
+}
+PRESETS: tuple[str, ...] = ("none", "paper", *STRENGTHS)
 _LUMA = (0.299, 0.587, 0.114)
 
 
@@ -105,21 +121,21 @@ class Augmenter(torch.nn.Module):
             (u,) = self._uniform(x.shape[0], 1, generator, x.device)
             out = torch.where((u < 0.5).view(-1, 1, 1, 1), out.flip(3), out)
             return out.sub_(mean).div_(std)
-        return self._fer(x, generator, mean, std)
+        return self._warp(x, STRENGTHS[self.preset], generator, mean, std)
 
-    def _fer(self, x: torch.Tensor, generator: torch.Generator | None, mean: torch.Tensor,
-             std: torch.Tensor) -> torch.Tensor:
+    def _warp(self, x: torch.Tensor, k: Strength, generator: torch.Generator | None, mean: torch.Tensor,
+              std: torch.Tensor) -> torch.Tensor:
         n, device = x.shape[0], x.device
         u = self._uniform(n, 13, generator, device)
         out = _to_float(x, None, self.channels)  # grid_sample below resamples to self.size
         # geometry: output pixel -> input location, A = R(angle) @ diag(flip * sx, sy), plus shift
-        fov = _lerp(FOV, u[0])
-        ratio = torch.exp(_lerp((math.log(ASPECT[0]), math.log(ASPECT[1])), u[1])).sqrt()
+        fov = _lerp(k.fov, u[0])
+        ratio = torch.exp(_lerp((math.log(k.aspect[0]), math.log(k.aspect[1])), u[1])).sqrt()
         sx, sy = fov * ratio, fov / ratio
-        angle = _lerp((-MAX_ROTATION_DEG, MAX_ROTATION_DEG), u[2]) * (math.pi / 180)
+        angle = _lerp((-k.max_rotation_deg, k.max_rotation_deg), u[2]) * (math.pi / 180)
         flip = torch.where(u[3] < 0.5, -1.0, 1.0)
-        tx = _lerp((-1.0, 1.0), u[4]) * ((1 - sx).clamp(min=0) + MAX_SHIFT)
-        ty = _lerp((-1.0, 1.0), u[5]) * ((1 - sy).clamp(min=0) + MAX_SHIFT)
+        tx = _lerp((-1.0, 1.0), u[4]) * ((1 - sx).clamp(min=0) + k.max_shift)
+        ty = _lerp((-1.0, 1.0), u[5]) * ((1 - sy).clamp(min=0) + k.max_shift)
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack([
             torch.stack([cos * sx * flip, -sin * sy, tx], 1),
@@ -128,13 +144,13 @@ class Augmenter(torch.nn.Module):
         grid = F.affine_grid(theta, [n, out.shape[1], self.size, self.size], align_corners=False)
         out = F.grid_sample(out, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         # photometry: brightness, then contrast around each image's mean
-        out = out * _lerp(BRIGHTNESS, u[6]).view(-1, 1, 1, 1)
+        out = out * _lerp(k.brightness, u[6]).view(-1, 1, 1, 1)
         centre = out.mean(dim=(1, 2, 3), keepdim=True)
-        out = ((out - centre) * _lerp(CONTRAST, u[7]).view(-1, 1, 1, 1) + centre).clamp_(0, 1)
+        out = ((out - centre) * _lerp(k.contrast, u[7]).view(-1, 1, 1, 1) + centre).clamp_(0, 1)
         out = out.sub_(mean).div_(std)
         # random erasing: one rectangle (set to the mean, i.e. 0) in a fraction of the images
-        area = _lerp(ERASE_AREA, u[8])
-        aspect = torch.exp(_lerp((math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])), u[9]))
+        area = _lerp(k.erase_area, u[8])
+        aspect = torch.exp(_lerp((math.log(k.erase_aspect[0]), math.log(k.erase_aspect[1])), u[9]))
         h = (torch.sqrt(area * aspect) * self.size).clamp(max=self.size)
         w = (torch.sqrt(area / aspect) * self.size).clamp(max=self.size)
         y0 = u[10] * (self.size - h)
@@ -142,5 +158,5 @@ class Augmenter(torch.nn.Module):
         pos = torch.arange(self.size, device=device, dtype=torch.float32)
         rows = (pos.view(1, -1) >= y0.view(-1, 1)) & (pos.view(1, -1) < (y0 + h).view(-1, 1))
         cols = (pos.view(1, -1) >= x0.view(-1, 1)) & (pos.view(1, -1) < (x0 + w).view(-1, 1))
-        erase = rows[:, :, None] & cols[:, None, :] & (u[12] < ERASE_PROB).view(-1, 1, 1)
+        erase = rows[:, :, None] & cols[:, None, :] & (u[12] < k.erase_prob).view(-1, 1, 1)
         return out.masked_fill_(erase[:, None], 0.0)
