@@ -25,8 +25,8 @@ run() {  # name, then the flags that differ from the shortened recipe
 
 run recipe
 run no-augmentation --augment paper                                   # flip only, the paper's
+run fer-augmentation --augment fer                                    # more: rotation, photometry, erasing
 run no-label-smoothing --label-smoothing 0
-run light-augmentation --augment light                                # flip, small zoom and shift only
 run adam-onecycle --optimizer adam --no-nesterov --lr 2e-3 --weight-decay 1e-4
 run no-schedule --optimizer adam --no-nesterov --lr 1e-4 --weight-decay 1e-4 --scheduler none   # the paper's
 run resnet18-imagenet-stem --stem imagenet --width 64                 # the paper's network
