@@ -2,8 +2,8 @@
 
 ``adam`` (the paper's, with coupled weight decay), ``adamw`` or ``sgd`` (optionally Nesterov); schedules
 ``none``, ``cosine`` (stepped per epoch) and ``onecycle`` (per step: a linear warm-up, then a linear decay
-over the whole budget); ``ema``: an exponential moving average of the weights, BatchNorm statistics included,
-which is what gets evaluated and saved.
+over the whole budget); ``ema``: an exponential moving average of the parameters, with BatchNorm statistics
+re-estimated for it before each evaluation, which is what gets evaluated and saved.
 """
 from __future__ import annotations
 
