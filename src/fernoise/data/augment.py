@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 @dataclass(frozen=True)
 class Strength:
     """How far the ``fer``-style presets move an image: one affine warp, photometry, erasing."""
@@ -143,11 +142,14 @@ class Augmenter(torch.nn.Module):
         ], 1)
         grid = F.affine_grid(theta, [n, out.shape[1], self.size, self.size], align_corners=False)
         out = F.grid_sample(out, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        # photometry: brightness, then contrast around each image's mean
-        out = out * _lerp(k.brightness, u[6]).view(-1, 1, 1, 1)
-        centre = out.mean(dim=(1, 2, 3), keepdim=True)
-        out = ((out - centre) * _lerp(k.contrast, u[7]).view(-1, 1, 1, 1) + centre).clamp_(0, 1)
+        # photometry: brightness, then contrast around each image's mean (skipped where a preset has none)
+        if k.brightness != (1.0, 1.0) or k.contrast != (1.0, 1.0):
+            out = out * _lerp(k.brightness, u[6]).view(-1, 1, 1, 1)
+            centre = out.mean(dim=(1, 2, 3), keepdim=True)
+            out = ((out - centre) * _lerp(k.contrast, u[7]).view(-1, 1, 1, 1) + centre).clamp_(0, 1)
         out = out.sub_(mean).div_(std)
+        if k.erase_prob == 0:
+            return out
         # random erasing: one rectangle (set to the mean, i.e. 0) in a fraction of the images
         area = _lerp(k.erase_area, u[8])
         aspect = torch.exp(_lerp((math.log(k.erase_aspect[0]), math.log(k.erase_aspect[1])), u[9]))
