@@ -26,6 +26,7 @@ from fernoise.bundled import BUNDLED_MODEL, bundled_model_path, model_info
 from fernoise.checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 from fernoise.cli import main, train_command
 from fernoise.config import preset_path, resolve_config
+from fernoise.data import load_data
 from fernoise.data.classes import CANONICAL_CLASSES
 from fernoise.data.synthetic import render_faces
 from fernoise.predict import Predictor, PredictError
@@ -287,8 +288,6 @@ def test_bundle_script_writes_a_run_s_final_model_with_its_card(tmp_path):
 def test_the_bundled_fer2013_model_recognises_real_faces(fer2013_archive, tmp_path):
     """Once the FER2013 model is bundled: on 700 PublicTest faces, one view each as ``predict`` classifies, it
     scores far above chance (1/7) and within sampling error of the accuracy its card records for all 3,589."""
-    from fernoise.data import load_data
-
     checkpoint = load_checkpoint(BUNDLED_MODEL)
     if checkpoint["data"]["source"] == "synthetic":
         pytest.skip("the bundled file is the synthetic stand-in")
