@@ -102,6 +102,38 @@ def test_light_moves_pixels_but_keeps_brightness_and_erases_nothing():
     assert not torch.isclose(fer[:, 0, 3, 24], torch.tensor(bright), atol=1e-4).all()
 
 
+def test_paper_crop_trains_on_whole_pixel_windows_and_evaluates_on_the_whole_face():
+    x = batch(64, 1, 48)
+    aug = Augmenter("paper", 48, 1, (0.0,), (1.0,), crop=40)
+    out = aug(x, generator=seeded(0))
+    assert out.shape == (64, 1, 40, 40)
+    assert aug(x, train=False).shape == (64, 1, 48, 48)
+    image = x.float() / 255
+    places, flips = set(), 0
+    for i in range(64):
+        windows = [(r, c, flip) for r in range(9) for c in range(9) for flip in (False, True)
+                   if torch.allclose(out[i, 0], image[i, 0, r:r + 40, c:c + 40].flip(-1) if flip
+                                     else image[i, 0, r:r + 40, c:c + 40], atol=1e-5)]
+        assert windows, f"sample {i} is not a 40x40 window of its image"
+        places.add(windows[0][:2])
+        flips += windows[0][2]
+    assert len(places) > 20 and 16 < flips < 48  # windows all over the face, about half of them mirrored
+
+
+def test_crop_keeps_the_presets_moves_at_the_images_scale():
+    x = torch.full((64, 1, 48, 48), 200, dtype=torch.uint8)
+    x[:, :, 20:28, 20:28] = 40  # an 8 px dark square: its size in the crop shows the scale
+    out = Augmenter("light", 48, 1, MEAN, STD, crop=40)(x, generator=seeded(0))
+    assert out.shape == (64, 1, 40, 40)
+    dark = (40 / 255 - MEAN[0]) / STD[0]  # the uncovered border is black, darker still
+    area = ((out[:, 0] - dark).abs() < 0.3).flatten(1).sum(1).float()
+    assert 40 < area.mean() < 80  # about 8 x 8 pixels (zoom 0.9-1.1), not 8 x 8 scaled by 40/48 or 48/40
+    with pytest.raises(ValueError, match="does not fit"):
+        Augmenter("light", 48, 1, crop=56)
+    with pytest.raises(ValueError, match="preset other than none"):
+        Augmenter("none", 48, 1, crop=40)
+
+
 def test_channels_and_size_are_adapted():
     out = Augmenter("fer", size=32, channels=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))(batch(4, 1, 48))
     assert out.shape == (4, 3, 32, 32)

@@ -55,6 +55,24 @@ def test_onecycle_run_sets_the_lr_every_step(tmp_path):
     assert state["optimizer"]["param_groups"][0]["nesterov"] is True
 
 
+def test_train_crop_trains_on_crops_and_validates_on_whole_faces(tmp_path, monkeypatch):
+    import fernoise.train as train_module
+    seen: dict[bool, set] = {True: set(), False: set()}
+
+    def recording(**kwargs):
+        model = build_model(**kwargs)
+        model.register_forward_pre_hook(lambda module, args: seen[module.training].add(tuple(args[0].shape[-2:])))
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", recording)
+    summary = train(TrainConfig(**TINY, epochs=1, augment="light", train_crop=24), tmp_path / "run", quiet=True,
+                    log=lambda _: None)
+    assert seen == {True: {(24, 24)}, False: {(32, 32)}} and np.isfinite(summary["final_train_loss"])
+    for bad, match in ((dict(train_crop=40), "between 1 and image_size"), (dict(train_crop=24, augment="none"), "augmentation")):
+        with pytest.raises(ConfigError, match=match):
+            TrainConfig(image_size=32, **bad)
+
+
 def test_nesterov_needs_sgd():
     with pytest.raises(ConfigError, match="nesterov"):
         TrainConfig(nesterov=True, optimizer="adam")

@@ -88,6 +88,9 @@ def _model_data_options(g: Any, d: TrainConfig) -> None:
     g.add_argument("--image-size", type=int, help=f"face size in pixels (default {d.image_size})")
     g.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: from the data)")
     g.add_argument("--augment", choices=CHOICES["augment"], help="augmentation preset (default paper: flip only; light: flip, small zoom and shift; fer: also rotation, brightness, contrast, erasing)")
+    g.add_argument("--train-crop", type=int, metavar="PIXELS",
+                   help="train on random PIXELS x PIXELS crops of each face (after the augmentation's own moves); "
+                        "evaluation and prediction see the whole face (default: off)")
     g.add_argument("--train-limit", type=int, help="train on a fixed random subset of this many images")
     g.add_argument("--val-limit", type=int, help="validate on a fixed random subset of this many images")
     g.add_argument("--format", dest="data_format", help="data layout, when detection is not wanted")

@@ -77,6 +77,7 @@ class TrainConfig:
     train_limit: Optional[int] = None
     val_limit: Optional[int] = None
     augment: str = "paper"
+    train_crop: Optional[int] = None  # train on random crops of this many pixels; evaluation sees whole faces
     balanced_sampler: bool = False
     class_weighted_loss: bool = False
     label_smoothing: float = 0.0
@@ -130,6 +131,11 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be a positive integer, got {getattr(self, key)}")
+        if self.train_crop is not None and not 0 < self.train_crop <= self.image_size:
+            raise ConfigError(f"train_crop: must lie between 1 and image_size ({self.image_size}) pixels, "
+                              f"got {self.train_crop}")
+        if self.train_crop is not None and self.augment == "none":
+            raise ConfigError("train_crop: a training crop is an augmentation; it needs augment other than none")
         if self.bn_recalibrate < 0:
             raise ConfigError(f"bn_recalibrate: must be 0 (off) or a number of batches, got {self.bn_recalibrate}")
         if self.lr <= 0:

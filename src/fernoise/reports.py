@@ -37,12 +37,12 @@ __all__ = [
 ]
 
 # What report.md's "Data" line says of the runs: (config key, how it is introduced).
-_DESCRIBED = (("image_size", "image size"), ("augment", "augment"), ("epochs", "epochs"), ("batch_size", "batch"),
+_DESCRIBED = (("image_size", "image size"), ("augment", "augment"), ("train_crop", "training crop"), ("epochs", "epochs"), ("batch_size", "batch"),
               ("optimizer", "optimizer"), ("lr", "lr"), ("weight_decay", "weight decay"),
               ("interval", "periodic interval T"), ("interval_unit", "interval unit"), ("precision", "precision"),
               ("bn_recalibrate", "BatchNorm statistics re-estimated on clean training batches"))
 # Keys left out of the line when they are 0 in every run: an option that was not used.
-_DESCRIBED_WHEN_USED = {"bn_recalibrate"}
+_DESCRIBED_WHEN_USED = {"bn_recalibrate", "train_crop"}
 
 
 def describe_runs(runs: Sequence[RunRecord]) -> str:

@@ -215,7 +215,8 @@ def _start(cfg: TrainConfig, out: Path, ddp: Distributed, device: torch.device, 
     schedule = PeriodicSchedule(cfg.interval, cfg.interval_unit) if cfg.noise == "periodic" else None
     # The per-step AutoReLU trace cannot be recorded from inside a CUDA graph.
     noise = NoiseController(model, schedule, sync_scope=cfg.autorelu_sync, trace=not cfg.capture)
-    augment = Augmenter(cfg.augment, packed.size, packed.channels, packed.mean, packed.std).to(device)
+    augment = Augmenter(cfg.augment, packed.size, packed.channels, packed.mean, packed.std,
+                        crop=cfg.train_crop).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     weights = class_weights(data.train_labels, len(packed.classes)).to(device) if cfg.class_weighted_loss else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
