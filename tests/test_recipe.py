@@ -29,7 +29,7 @@ def _rows(run) -> list[dict]:
 def test_fast_preset_trains_two_steps_with_every_method(tmp_path, method):
     # one epoch of two steps; no test-time views for the synthetic test split's 1,500 faces (tested apart)
     cfg = resolve_config(preset_path("fer2013-fast"), method=method, epochs=1, warmup_epochs=0.5, train_limit=256,
-                         val_limit=32, image_size=32, tta_shift=0)
+                         val_limit=32, image_size=32, train_crop=24, tta_shift=0)
     assert cfg.batch_size == 128 and cfg.scheduler == "onecycle"  # 256 faces: two steps
     summary = train(cfg, tmp_path / method, quiet=True, log=lambda _: None)
     assert summary["epochs"] == 1 and np.isfinite(summary["final_train_loss"])
@@ -211,3 +211,24 @@ def test_weight_average_warms_up_then_keeps_its_decay():
 def test_weight_average_needs_its_own_batchnorm_statistics():
     with pytest.raises(ConfigError, match="bn_recalibrate"):
         TrainConfig(ema=0.999)
+
+
+def test_final_model_views_scores_a_cropped_run_on_its_windows(tmp_path):
+    import runpy
+    from pathlib import Path
+
+    views = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "final_model_views.py"))
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    ten = views["crops"](x, 6, True)
+    assert len(ten) == 10 and all(v.shape == (2, 1, 6, 6) for v in ten)
+    assert torch.equal(ten[0], x[..., 1:7, 1:7]) and torch.equal(ten[4], x[..., 2:, 2:])
+    assert all(torch.equal(ten[5 + i], ten[i].flip(3)) for i in range(5))
+    assert len(views["crops"](x, 6, False)) == 2
+    run = tmp_path / "run"
+    train(TrainConfig(**TINY, epochs=1, augment="light", train_crop=24), run, quiet=True, log=lambda _: None)
+    rows = views["score_views"](run, 2, 24)
+    assert [r["views"] for r in rows] == ["1", "flip (2)", "flip + shift 2 (10)", "centre 24 + flip (2)",
+                                          "ten crops of 24 (10)"]
+    assert {r["weights"] for r in rows} == {"final"} and all(0 <= r["accuracy"] <= 1 for r in rows)
+    final = float(_rows(run)[-1]["val_acc"])  # the run validated one whole-face view (no tta_flip in TINY)
+    assert rows[0]["accuracy"] == pytest.approx(final)
