@@ -18,12 +18,11 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fernoise.checkpoint import load_checkpoint, model_from_checkpoint
 from fernoise.config import resolve_run_config
-import numpy as np
-
 from fernoise.data import Augmenter, iterate_batches
 from fernoise.evaluate import evaluate_arrays, scores_from_logits
 from fernoise.train import prepare_data
@@ -66,14 +65,17 @@ def score_views(run: Path, shift: int, crop: int | None) -> list[dict]:
             start = time.perf_counter()
             scores = evaluate_arrays(model, data.val_images, data.val_labels, len(state["classes"]), augment,
                                      torch.device("cpu"), cfg.eval_batch_size, flip, tta_shift=moves)
-            rows.append({"run": run.name, "weights": name, "views": views, "accuracy": scores["accuracy"],
-                         "macro_f1": scores["macro_f1"], "seconds": time.perf_counter() - start})
+            rows.append(_row(run, name, views, scores, start))
         for views, ten in ({f"centre {crop} + flip (2)": False, f"ten crops of {crop} (10)": True}.items() if crop else ()):
             start = time.perf_counter()
             scores = crop_scores(model, data.val_images, data.val_labels, list(state["classes"]), augment, crop, ten)
-            rows.append({"run": run.name, "weights": name, "views": views, "accuracy": scores["accuracy"],
-                         "macro_f1": scores["macro_f1"], "seconds": time.perf_counter() - start})
+            rows.append(_row(run, name, views, scores, start))
     return rows
+
+
+def _row(run: Path, weights: str, views: str, scores: dict, start: float) -> dict:
+    return {"run": run.name, "weights": weights, "views": views, "accuracy": scores["accuracy"],
+            "macro_f1": scores["macro_f1"], "seconds": time.perf_counter() - start}
 
 
 def main() -> None:
