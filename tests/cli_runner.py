@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 
-def fernoise(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+def fernoise(*args: str, cwd: Path | None = None, check: bool = True, threads: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     result = subprocess.run(
         [sys.executable, "-m", "fernoise", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
     )

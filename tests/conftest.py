@@ -36,3 +36,18 @@ def _few_threads():
     # CI has 2 cores; keep intra-op threads bounded so subprocess tests do not oversubscribe.
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """For tests that hold two runs to the same bits (subprocesses: ``OMP_NUM_THREADS=1``).
+
+    On the CPUs measured two threads give the same floats run to run too, but on a CI machine
+    (2026-11-30, CPU unknown) two identical two-thread processes once differed by 5 float32 ulps
+    in one step's loss, as a reduction whose order follows the threads' timing would; Adam and
+    the dynamic method's sign flips then grow the difference into another run.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -73,6 +73,18 @@ def test_dynamic_that_could_never_switch_on_is_refused_naming_the_key(override, 
     assert TrainConfig(method="dynamic", autorelu_grad="exact").dynamic_without_drive() == []
 
 
+def test_the_autorelu_weights_own_adam_drives_dynamic_beside_any_optimizer():
+    cfg = TrainConfig(method="dynamic", optimizer="sgd", autorelu_grad="exact", autorelu_adam_lr=1e-4)
+    assert cfg.dynamic_without_drive() == []
+    assert TrainConfig(method="dynamic", optimizer="sgd", weight_decay=0.0,
+                       autorelu_adam_lr=1e-4).dynamic_without_drive() == ["weight_decay: 0"]
+    with pytest.raises(ConfigError, match="autorelu_adam_lr: must be positive"):
+        TrainConfig(method="dynamic", autorelu_adam_lr=0.0)
+    with pytest.raises(ConfigError, match="capture.*autorelu_adam_lr"):
+        TrainConfig(method="dynamic", device="cuda", capture=True, autorelu_adam_lr=1e-4)
+    assert "autorelu_adam_lr" in TrainConfig(method="periodic").inert_keys()
+
+
 def test_settings_a_method_does_not_use_do_not_block_reuse():
     from fernoise.config import config_changes
 

@@ -84,7 +84,7 @@ def test_controller_parts_equal_start_step():
     assert noisy_fraction(True) == noisy_fraction(False) == 0.5
 
 
-def test_train_step_matches_a_plain_loop():
+def test_train_step_matches_a_plain_loop(one_thread):
     def run(use_step: bool) -> list[float]:
         torch.manual_seed(0)
         model = build_model("resnet18", 7, noise="periodic", stem="small", in_channels=1, dropout=0.2)
@@ -110,7 +110,7 @@ def test_train_step_matches_a_plain_loop():
     assert run(True) == run(False)
 
 
-def test_device_resident_training_gives_the_same_run(tmp_path):
+def test_device_resident_training_gives_the_same_run(tmp_path, one_thread):
     train(TrainConfig(**TINY, method="periodic", interval=1), tmp_path / "a", quiet=True, log=lambda _: None)
     train(TrainConfig(**TINY, method="periodic", interval=1, data_on_device=True), tmp_path / "b", quiet=True,
           log=lambda _: None)

@@ -33,7 +33,7 @@ def test_fast_preset_trains_two_steps_with_every_method(tmp_path, method):
     assert cfg.batch_size == 128 and cfg.scheduler == "onecycle"  # 256 faces: two steps
     summary = train(cfg, tmp_path / method, quiet=True, log=lambda _: None)
     assert summary["epochs"] == 1 and np.isfinite(summary["final_train_loss"])
-    if cfg.noise == "periodic":  # T = 3 epochs: the first is clean, as Algorithm 1 says
+    if cfg.noise == "periodic":  # T = 6 epochs: the first is clean, as Algorithm 1 says
         assert float(_rows(tmp_path / method)[0]["noise_on"]) == 0
 
 
@@ -112,7 +112,7 @@ def _stop_after(epoch: int):
     return on_epoch
 
 
-def test_resume_with_onecycle_and_weight_average_equals_an_uninterrupted_run(tmp_path):
+def test_resume_with_onecycle_and_weight_average_equals_an_uninterrupted_run(tmp_path, one_thread):
     cfg = TrainConfig(**TINY, epochs=3, optimizer="sgd", nesterov=True, lr=0.05, scheduler="onecycle",
                       warmup_epochs=1, ema=0.9, bn_recalibrate=2, method="periodic", interval=1)
     straight, split = tmp_path / "straight", tmp_path / "split"

@@ -546,12 +546,15 @@ def test_report_counts_the_noisy_steps_of_dynamic_runs_and_warns_about_silent_on
     _write_trace(noisy, [0.1, 0.05, -0.01, -0.02, 0.03, 0.01, 0.02, -0.01], steps_per_epoch=4)
     silent = make_run(tmp_path, "dynamic", 1, epochs=2, noise=[0, 0], autorelu=True)
     _write_trace(silent, [0.1, 0.09, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03], steps_per_epoch=4)
+    with open(silent / "config.yaml", "a") as config:
+        config.write("autorelu_adam_lr: 0.0001\n")  # the AutoReLU weights' own Adam: the table names it
     stats = trace_stats(load_run(noisy).trace)
     assert stats["noisy_steps"] == 3 and stats["first_noisy_step"] == 3 and stats["switches"] == 3
     assert stats["longest_noisy_stretch"] == 2 and stats["noisy_share_per_epoch"] == {1: 0.5, 2: 0.25}
     assert trace_stats(load_run(silent).trace)["first_noisy_step"] is None
     report = write_report(load_runs([tmp_path]), tmp_path / "out", "cmd", "data").read_text()
     assert "## Dynamic noise" in report and "| +Dynamic | 0 | exact, None | 3 of 8 (37.5%) | 3 | 3 | 2 |" in report
+    assert "| +Dynamic | 1 | exact, None, own Adam lr 0.0001 | 0 of 8 (0.0%) |" in report
     assert "**Warning: never noisy:** +Dynamic seed 1." in report
     for seed in (0, 1):  # each traced run's per-step figure, linked from the report
         assert f"![AutoReLU per step, +Dynamic seed {seed}](autorelu_trace_dynamic_seed{seed}.png)" in report

@@ -30,7 +30,8 @@ def _cmd(*args: str) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "2"}
+    # one thread: runs here are compared bit for bit (conftest.one_thread)
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _wait_for(event: Callable[[], bool], process: subprocess.Popen) -> None:
@@ -203,7 +204,7 @@ def test_diverging_learning_rate_stops_naming_epoch_and_step(tmp_path):
         assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
 
 
-def test_same_seed_same_metrics_and_other_seed_differs(tmp_path):
+def test_same_seed_same_metrics_and_other_seed_differs(tmp_path, one_thread):
     kwargs = dict(epochs=2, train_limit=96, val_limit=64, image_size=32, batch_size=32, device="cpu", method="dropout")
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         train(TrainConfig(seed=seed, **kwargs), tmp_path / name, quiet=True, log=lambda _: None)

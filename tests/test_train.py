@@ -55,9 +55,11 @@ def test_run_directory_holds_everything(tmp_path):
     assert not (run / ".lock").exists()
 
 
-@pytest.mark.parametrize("method", ["periodic", "dynamic", "dropout+periodic"])
-def test_resume_gives_the_same_run_as_no_interruption(tmp_path, method):
+@pytest.mark.parametrize("method", ["periodic", "dynamic", "dropout+periodic", "dynamic+sgd+autorelu-adam"])
+def test_resume_gives_the_same_run_as_no_interruption(tmp_path, method, one_thread):
     extra = dict(method=method, interval=1, autorelu_init=0.003, lr=1e-3)
+    if method == "dynamic+sgd+autorelu-adam":  # the AutoReLU weights' own Adam resumes too
+        extra.update(method="dynamic", optimizer="sgd", lr=0.05, autorelu_adam_lr=1e-3)
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(_cfg(epochs=3, **extra), straight, quiet=True, log=lambda _: None)
     train(_cfg(epochs=2, **extra), split, quiet=True, log=lambda _: None)
@@ -66,9 +68,38 @@ def test_resume_gives_the_same_run_as_no_interruption(tmp_path, method):
     assert strip(_rows(split)) == strip(_rows(straight))
     a = load_checkpoint(straight / "checkpoints" / "last.pt")
     b = load_checkpoint(split / "checkpoints" / "last.pt")
-    assert a["noise"] == b["noise"]
+    adam = [state["noise"].pop("autorelu_adam", None) for state in (a, b)]
+    assert a["noise"] == b["noise"] and (adam[0] is not None) == (method == "dynamic+sgd+autorelu-adam")
+    if adam[0] is not None:
+        assert adam[0]["param_groups"] == adam[1]["param_groups"] and adam[0]["state"].keys() == adam[1]["state"].keys()
+        for key, moments in adam[0]["state"].items():
+            assert all(torch.equal(moments[name], adam[1]["state"][key][name]) for name in moments)
     for key, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][key]), key
+
+
+def test_sgd_leaves_dynamic_noise_off_and_the_autorelu_weights_own_adam_switches_it(tmp_path):
+    from fernoise.models import build_model
+    from fernoise.optim import build_autorelu_adam, build_optimizer
+
+    cfg = _cfg(epochs=1, method="dynamic", optimizer="sgd", lr=0.05, autorelu_init=0.003)
+    driven = _cfg(epochs=1, method="dynamic", optimizer="sgd", lr=0.05, autorelu_init=0.003, autorelu_adam_lr=5e-3)
+    model = build_model(**driven.model_kwargs(7, 1))
+    autorelu = {id(m.weight) for m in model.modules() if type(m).__name__ == "AutoReLU"}
+    in_main = {id(p) for group in build_optimizer(driven, model, torch.device("cpu")).param_groups for p in group["params"]}
+    in_own = {id(p) for group in build_autorelu_adam(driven, model).param_groups for p in group["params"]}
+    assert autorelu and in_own == autorelu and not in_main & autorelu
+    assert len(in_main) + len(in_own) == len(list(model.parameters()))
+    assert build_autorelu_adam(cfg, model) is None
+    for name, config in (("sgd", cfg), ("own-adam", driven)):
+        train(config, tmp_path / name, quiet=True, log=lambda _: None)
+    # 3 steps: SGD moves the common weight by lr x a near-zero gradient; Adam's first step moves each weight by
+    # its lr, towards zero where weight decay outweighs the rounding residue (most weights), and the common one with them
+    plain, own = ([float(r["w"]) for r in csv.DictReader(open(tmp_path / name / "autorelu_trace.csv"))]
+                  for name in ("sgd", "own-adam"))
+    assert len(plain) == len(own) == 3
+    assert all(abs(w - 0.003) < 1e-4 for w in plain) and float(_rows(tmp_path / "sgd")[0]["noise_on"]) == 0
+    assert own[1] < 0.002 and min(own) < 0 and float(_rows(tmp_path / "own-adam")[0]["noise_on"]) > 0
 
 
 def test_resume_refuses_a_changed_configuration(tmp_path):

@@ -74,6 +74,10 @@ def _noise_options(g: Any, d: TrainConfig) -> None:
     g.add_argument("--autorelu-per-channel", action=argparse.BooleanOptionalAction, default=None,
                    help="one AutoReLU weight per channel (default), or --no-autorelu-per-channel: one per unit; "
                         "either way all are reset to their common mean before each step")
+    g.add_argument("--autorelu-adam-lr", type=float, metavar="LR",
+                   help="give the AutoReLU weights an Adam of their own at this constant lr (the run's weight decay, "
+                        "coupled) beside the run's optimizer: with sgd, whose tiny steps never move the common "
+                        "weight through zero, dynamic noise then switches as under the paper's Adam (default: unset)")
     g.add_argument("--bn-recalibrate", type=int, metavar="N",
                    help="before each evaluation, re-estimate BatchNorm statistics on N clean training batches "
                         "(default 0: off, as in the paper; the statistics then include noisy steps)")

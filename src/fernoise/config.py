@@ -95,6 +95,8 @@ class TrainConfig:
     autorelu_sync: str = "global"
     autorelu_grad: str = "autograd"
     autorelu_per_channel: bool = True
+    # the AutoReLU weights' own Adam (this lr, constant; the run's weight decay, coupled) beside another optimizer
+    autorelu_adam_lr: Optional[float] = None
     # optimisation (the paper: Adam, lr 1e-4, weight decay 1e-4, batch 64)
     epochs: int = 20
     batch_size: int = 64
@@ -140,6 +142,12 @@ class TrainConfig:
             raise ConfigError(f"bn_recalibrate: must be 0 (off) or a number of batches, got {self.bn_recalibrate}")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be positive, got {self.lr}")
+        if self.autorelu_adam_lr is not None and self.autorelu_adam_lr <= 0:
+            raise ConfigError(f"autorelu_adam_lr: must be positive (or unset: the run's optimizer), "
+                              f"got {self.autorelu_adam_lr}")
+        if self.capture and self.autorelu_adam_lr is not None and self.noise == "dynamic":
+            raise ConfigError("capture: a step recorded in a CUDA graph updates the weights with the run's optimizer "
+                              "only; unset autorelu_adam_lr or use capture: false")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema: must lie in [0, 1) (0: off; e.g. 0.999), got {self.ema}")
         if self.ema and not self.bn_recalibrate:
@@ -175,7 +183,8 @@ class TrainConfig:
             raise ConfigError(
                 f"{', '.join(undriven)}: with autorelu_grad: exact the AutoReLU weights get a zero gradient, so only "
                 "Adam's coupled weight decay moves them; with these settings they never change sign and the dynamic "
-                "method is the baseline. Use optimizer: adam with weight_decay > 0, or autorelu_grad: autograd"
+                "method is the baseline. Use optimizer: adam (or autorelu_adam_lr) with weight_decay > 0, or "
+                "autorelu_grad: autograd"
             )
 
     def dynamic_without_drive(self) -> list[str]:
@@ -186,10 +195,12 @@ class TrainConfig:
         which Adam's momentum carries across). SGD moves them by only ``lr`` times that
         tiny gradient, AdamW decays them geometrically, and without weight decay only
         the rounding residue of ``autorelu_grad: autograd`` (scaled up by Adam) moves them.
+        ``autorelu_adam_lr`` gives them an Adam of their own beside any optimizer.
         """
         if self.noise != "dynamic":
             return []
-        keys = [f"optimizer: {self.optimizer}"] if self.optimizer != "adam" else []
+        own_adam = self.optimizer == "adam" or self.autorelu_adam_lr is not None
+        keys = [] if own_adam else [f"optimizer: {self.optimizer}"]
         if self.weight_decay == 0:
             keys.append("weight_decay: 0")
         return keys

@@ -489,6 +489,10 @@ class NoiseController:
     A step recorded in a CUDA graph (:mod:`fernoise.step`) calls the two halves of
     :meth:`start_step` itself: :meth:`advance_step` on the host before the graph, and
     :meth:`reset_autorelu`, tensor operations only, inside it.
+
+    ``autorelu_adam``, an optimizer of the AutoReLU weights alone
+    (:func:`fernoise.optim.build_autorelu_adam`), is stepped by :meth:`step_autorelu` after
+    each update of the rest, and its state is part of :meth:`state_dict`.
     """
 
     def __init__(
@@ -497,6 +501,7 @@ class NoiseController:
         schedule: Optional[PeriodicSchedule] = None,
         sync_scope: SyncScope = "global",
         trace: bool = False,
+        autorelu_adam: Optional[torch.optim.Optimizer] = None,
     ) -> None:
         self.flips = [m for m in model.modules() if isinstance(m, SignFlip)]
         self.autorelus = _autorelus(model)
@@ -505,6 +510,7 @@ class NoiseController:
         self.schedule = schedule if self.flips else None
         self.sync_scope: SyncScope = sync_scope
         self.trace = AutoReLUTrace(self.autorelus) if trace and self.autorelus else None
+        self.autorelu_adam = autorelu_adam
         self._periodic_on = False
         self._steps = 0
         self._noisy_periodic = 0  # host count (periodic)
@@ -554,6 +560,12 @@ class NoiseController:
             self._noisy_dynamic = torch.zeros((), dtype=torch.int64, device=mean.device)
         self._noisy_dynamic += (mean < 0).to(torch.int64)
 
+    def step_autorelu(self) -> None:
+        """After the run's optimizer step: update the AutoReLU weights with their own optimizer, if they have one."""
+        if self.autorelu_adam is not None:
+            self.autorelu_adam.step()
+            self.autorelu_adam.zero_grad(set_to_none=True)
+
     def take_trace(self) -> list[list[float]]:
         """The :class:`AutoReLUTrace` rows since the last call (empty without ``trace``)."""
         return self.trace.take() if self.trace is not None else []
@@ -573,9 +585,14 @@ class NoiseController:
         return noisy / self._steps
 
     def state_dict(self) -> dict:
-        return {"schedule": self.schedule.state_dict() if self.schedule else None, "periodic_on": self._periodic_on}
+        state = {"schedule": self.schedule.state_dict() if self.schedule else None, "periodic_on": self._periodic_on}
+        if self.autorelu_adam is not None:
+            state["autorelu_adam"] = self.autorelu_adam.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if self.schedule is not None and state.get("schedule"):
             self.schedule.load_state_dict(state["schedule"])
+        if self.autorelu_adam is not None and state.get("autorelu_adam"):
+            self.autorelu_adam.load_state_dict(state["autorelu_adam"])
         self._set_periodic(bool(state.get("periodic_on", False)) and self.schedule is not None)

@@ -14,10 +14,17 @@ import torch
 from torch import nn
 
 from fernoise.config import TrainConfig
+from fernoise.noise import AutoReLU
+
+
+def _autorelu_weights(model: nn.Module) -> list[nn.Parameter]:
+    return [m.weight for m in model.modules() if isinstance(m, AutoReLU)]
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    params = model.parameters()
+    """The run's optimizer over every parameter but the AutoReLU weights that :func:`build_autorelu_adam` drives."""
+    apart = {id(w) for w in _autorelu_weights(model)} if cfg.autorelu_adam_lr is not None else set()
+    params = [p for p in model.parameters() if id(p) not in apart]
     fused = device.type == "cuda"
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -26,6 +33,17 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) ->
     adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     # Adam: coupled (L2) weight decay as in the paper; it is also what moves AutoReLU's w.
     return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, capturable=cfg.capture)
+
+
+def build_autorelu_adam(cfg: TrainConfig, model: nn.Module) -> Optional[torch.optim.Adam]:
+    """With ``autorelu_adam_lr``: an Adam of the AutoReLU weights' own, the paper's optimizer (constant lr,
+    the run's weight decay coupled), for a run whose optimizer would not move them through zero (SGD:
+    :meth:`TrainConfig.dynamic_without_drive`). Stepped after the run's optimizer
+    (:meth:`fernoise.noise.NoiseController.step_autorelu`); no schedule, so the noise keeps switching to the end."""
+    weights = _autorelu_weights(model)
+    if cfg.autorelu_adam_lr is None or not weights:
+        return None
+    return torch.optim.Adam(weights, lr=cfg.autorelu_adam_lr, weight_decay=cfg.weight_decay)
 
 
 STEPWISE_SCHEDULERS = ("onecycle",)  # stepped after every batch; the others after every epoch

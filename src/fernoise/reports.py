@@ -140,6 +140,8 @@ def _dynamic_noise_markdown(dynamic: Sequence[RunRecord], figures: Sequence[tupl
     for run in dynamic:
         cfg = run.config
         setting = f"{cfg['autorelu_grad']}, {cfg.get('autorelu_init')}"
+        if cfg.get("autorelu_adam_lr"):
+            setting += f", own Adam lr {cfg['autorelu_adam_lr']:g}"
         shares = " ".join(f"{v:.2f}" for v in run.metrics["noise_on"])
         if run.trace is not None:
             stats = trace_stats(run.trace)

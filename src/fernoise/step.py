@@ -103,6 +103,7 @@ class TrainStep:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            self.controller.step_autorelu()
         return loss.detach(), logits.detach()
 
     def _all_finite(self, loss: torch.Tensor) -> bool:

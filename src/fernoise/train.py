@@ -42,7 +42,8 @@ from fernoise.models import build_model
 from fernoise.noise import NoiseController, PeriodicSchedule, autorelu_weight
 from fernoise.runfiles import METRIC_COLUMNS, METRICS_FILE, TRACE_FILE, trace_rows_before, write_metrics, write_trace
 from fernoise.epoch import EpochStats, Progress, TrainingError
-from fernoise.optim import STEPWISE_SCHEDULERS, build_optimizer, build_scheduler, fit_schedule, weight_average
+from fernoise.optim import (STEPWISE_SCHEDULERS, build_autorelu_adam, build_optimizer, build_scheduler, fit_schedule,
+                             weight_average)
 from fernoise.step import TrainStep, resolve_precision
 
 CHECK_EVERY = 10  # steps between host syncs for the progress bar and the NaN check
@@ -214,7 +215,8 @@ def _start(cfg: TrainConfig, out: Path, ddp: Distributed, device: torch.device, 
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     schedule = PeriodicSchedule(cfg.interval, cfg.interval_unit) if cfg.noise == "periodic" else None
     # The per-step AutoReLU trace cannot be recorded from inside a CUDA graph.
-    noise = NoiseController(model, schedule, sync_scope=cfg.autorelu_sync, trace=not cfg.capture)
+    noise = NoiseController(model, schedule, sync_scope=cfg.autorelu_sync, trace=not cfg.capture,
+                            autorelu_adam=build_autorelu_adam(cfg, model))
     augment = Augmenter(cfg.augment, packed.size, packed.channels, packed.mean, packed.std,
                         crop=cfg.train_crop).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
