@@ -143,11 +143,9 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"lr: must be positive, got {self.lr}")
         if self.autorelu_adam_lr is not None and self.autorelu_adam_lr <= 0:
-            raise ConfigError(f"autorelu_adam_lr: must be positive (or unset: the run's optimizer), "
-                              f"got {self.autorelu_adam_lr}")
+            raise ConfigError(f"autorelu_adam_lr: must be positive (or unset), got {self.autorelu_adam_lr}")
         if self.capture and self.autorelu_adam_lr is not None and self.noise == "dynamic":
-            raise ConfigError("capture: a step recorded in a CUDA graph updates the weights with the run's optimizer "
-                              "only; unset autorelu_adam_lr or use capture: false")
+            raise ConfigError("capture: a CUDA graph records the run's optimizer only; unset autorelu_adam_lr or capture")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema: must lie in [0, 1) (0: off; e.g. 0.999), got {self.ema}")
         if self.ema and not self.bn_recalibrate:
