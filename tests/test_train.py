@@ -80,12 +80,13 @@ def test_resume_gives_the_same_run_as_no_interruption(tmp_path, method, one_thre
 
 def test_sgd_leaves_dynamic_noise_off_and_the_autorelu_weights_own_adam_switches_it(tmp_path):
     from fernoise.models import build_model
+    from fernoise.noise import autorelu_units
     from fernoise.optim import build_autorelu_adam, build_optimizer
 
     cfg = _cfg(epochs=1, method="dynamic", optimizer="sgd", lr=0.05, autorelu_init=0.003)
     driven = _cfg(epochs=1, method="dynamic", optimizer="sgd", lr=0.05, autorelu_init=0.003, autorelu_adam_lr=5e-3)
     model = build_model(**driven.model_kwargs(7, 1))
-    autorelu = {id(m.weight) for m in model.modules() if type(m).__name__ == "AutoReLU"}
+    autorelu = {id(unit.weight) for unit in autorelu_units(model)}
     in_main = {id(p) for group in build_optimizer(driven, model, torch.device("cpu")).param_groups for p in group["params"]}
     in_own = {id(p) for group in build_autorelu_adam(driven, model).param_groups for p in group["params"]}
     assert autorelu and in_own == autorelu and not in_main & autorelu

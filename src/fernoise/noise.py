@@ -378,7 +378,8 @@ class PeriodicSchedule:
 # --------------------------------------------------------------------------- dynamic: the mean reset
 
 
-def _autorelus(model: nn.Module) -> list[AutoReLU]:
+def autorelu_units(model: nn.Module) -> list[AutoReLU]:
+    """The AutoReLU modules of ``model``, in module order."""
     return [m for m in model.modules() if isinstance(m, AutoReLU)]
 
 
@@ -394,7 +395,7 @@ def sync_autorelu(model_or_units: nn.Module | Iterable[AutoReLU], scope: SyncSco
     of all of them. ``scope="layer"``: each AutoReLU's weights become that layer's
     mean. Returns the global mean (a 0-d tensor), or None when there is no AutoReLU.
     """
-    units = _autorelus(model_or_units) if isinstance(model_or_units, nn.Module) else list(model_or_units)
+    units = autorelu_units(model_or_units) if isinstance(model_or_units, nn.Module) else list(model_or_units)
     if not units:
         return None
     mean = _all_weights(units).mean()
@@ -405,7 +406,7 @@ def sync_autorelu(model_or_units: nn.Module | Iterable[AutoReLU], scope: SyncSco
 
 def autorelu_weight(model: nn.Module) -> Optional[float]:
     """The mean AutoReLU weight of ``model`` (its common weight once synced), or None."""
-    units = _autorelus(model)
+    units = autorelu_units(model)
     return float(_all_weights(units).mean()) if units else None
 
 
@@ -504,7 +505,7 @@ class NoiseController:
         autorelu_adam: Optional[torch.optim.Optimizer] = None,
     ) -> None:
         self.flips = [m for m in model.modules() if isinstance(m, SignFlip)]
-        self.autorelus = _autorelus(model)
+        self.autorelus = autorelu_units(model)
         if self.flips and schedule is None:
             raise ValueError("the model has periodic injection points (SignFlip) but no PeriodicSchedule was given")
         self.schedule = schedule if self.flips else None

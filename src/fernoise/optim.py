@@ -14,16 +14,12 @@ import torch
 from torch import nn
 
 from fernoise.config import TrainConfig
-from fernoise.noise import AutoReLU
-
-
-def _autorelu_weights(model: nn.Module) -> list[nn.Parameter]:
-    return [m.weight for m in model.modules() if isinstance(m, AutoReLU)]
+from fernoise.noise import autorelu_units
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """The run's optimizer over every parameter but the AutoReLU weights that :func:`build_autorelu_adam` drives."""
-    apart = {id(w) for w in _autorelu_weights(model)} if cfg.autorelu_adam_lr is not None else set()
+    apart = {id(unit.weight) for unit in autorelu_units(model)} if cfg.autorelu_adam_lr is not None else set()
     params = [p for p in model.parameters() if id(p) not in apart]
     fused = device.type == "cuda"
     if cfg.optimizer == "sgd":
@@ -40,7 +36,7 @@ def build_autorelu_adam(cfg: TrainConfig, model: nn.Module) -> Optional[torch.op
     the run's weight decay coupled), for a run whose optimizer would not move them through zero (SGD:
     :meth:`TrainConfig.dynamic_without_drive`). Stepped after the run's optimizer
     (:meth:`fernoise.noise.NoiseController.step_autorelu`); no schedule, so the noise keeps switching to the end."""
-    weights = _autorelu_weights(model)
+    weights = [unit.weight for unit in autorelu_units(model)]
     if cfg.autorelu_adam_lr is None or not weights:
         return None
     return torch.optim.Adam(weights, lr=cfg.autorelu_adam_lr, weight_decay=cfg.weight_decay)
