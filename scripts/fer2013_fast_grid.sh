@@ -7,13 +7,16 @@
 # Adam for the AutoReLU weights (autorelu_adam_lr 1e-4, the paper's lr), since SGD never moves their
 # common weight through zero. Safe to stop and start again: finished runs are reused, a stopped run
 # resumes from its checkpoints/last.pt. The first dynamic run goes first (does its noise switch at
-# this scale?), then seed 0 of every method, the BatchNorm pair, and seeds 1-2. Meant for the background:
+# this scale?), then seed 0 of every method, the BatchNorm pair, and seeds 1-2. Validation after every
+# epoch, as in the paper's curves, with the mirror image only (the preset's six views every fourth
+# epoch would hide the noisy stretches; six views every epoch add about 10 min a run); the six-view
+# score of each final model comes from `fernoise evaluate` afterwards. Meant for the background:
 #   nohup scripts/fer2013_fast_grid.sh > fer2013-fast-grid.log 2>&1 &
 # with `scripts/commit_runs.sh results/fer2013-fast-grid results/fer2013-fast-bnrecal` beside it.
 set -eu
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/fer2013-trainval.tar.gz}
-BUDGET=(--config fer2013-fast --epochs 30 --interval 5 --quiet)
+BUDGET=(--config fer2013-fast --epochs 30 --interval 5 --val-every 1 --tta-zoom 0 --quiet)
 GRID=(--data "$DATA" "${BUDGET[@]}" --out results/fer2013-fast-grid)
 fernoise reproduce "${GRID[@]}" --methods dynamic --seeds 1
 fernoise reproduce "${GRID[@]}" --seeds 1

@@ -1,12 +1,12 @@
 """What the weight average and the test-time views add to a finished run's final model.
 
-    python scripts/final_model_views.py RUN_DIR [RUN_DIR ...] [--shift 2] [--crop 40] [--json OUT.json]
+    python scripts/final_model_views.py RUN_DIR [RUN_DIR ...] [--shift 2] [--zoom 0.1] [--crop 40] [--json OUT.json]
 
 For each run, its ``checkpoints/last.pt`` holds the final weights; a run trained with ``ema`` holds
 the averaged weights (what the run validated and saved) and the trained ones (``train_state_dict``).
-Each is scored on the run's own validation data with one view, with the mirror image (flip) and
-with flip plus shifted views, so the recipe's evaluation-side ingredients are measured on the very
-same training, at no training cost. With ``--crop C`` (for runs trained with ``--train-crop``), also
+Each is scored on the run's own validation data with one view, with the mirror image (flip), with
+flip plus zoomed views and with flip plus shifted views, so the recipe's evaluation-side ingredients
+are measured on the very same training, at no training cost. With ``--crop C`` (for runs trained with ``--train-crop``), also
 the centre C x C window with its mirror image, and ten crops (four corners and centre, each with its
 mirror image) instead of the whole face. Prints a Markdown table: accuracy and macro-F1 per weights
 and views, and the seconds each evaluation took.
@@ -48,7 +48,7 @@ def crop_scores(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, 
     return scores_from_logits(torch.cat(logits), labels, classes)
 
 
-def score_views(run: Path, shift: int, crop: int | None) -> list[dict]:
+def score_views(run: Path, shift: int, zoom: float, crop: int | None) -> list[dict]:
     state = load_checkpoint(run / "checkpoints" / "last.pt", resume=True)
     if "train_state_dict" in state:
         weights = {"averaged (ema)": state["state_dict"], "trained (no ema)": state["train_state_dict"]}
@@ -61,10 +61,12 @@ def score_views(run: Path, shift: int, crop: int | None) -> list[dict]:
     rows = []
     for name, state_dict in weights.items():
         model = model_from_checkpoint({**state, "state_dict": state_dict}, run)
-        for views, (flip, moves) in {"1": (False, 0), "flip (2)": (True, 0), f"flip + shift {shift} (10)": (True, shift)}.items():
+        sets = {"1": (False, 0, 0.0), "flip (2)": (True, 0, 0.0), f"flip + zoom {zoom:g} (6)": (True, 0, zoom),
+                f"flip + shift {shift} (10)": (True, shift, 0.0)}
+        for views, (flip, moves, zooms) in sets.items():
             start = time.perf_counter()
             scores = evaluate_arrays(model, data.val_images, data.val_labels, len(state["classes"]), augment,
-                                     torch.device("cpu"), cfg.eval_batch_size, flip, tta_shift=moves)
+                                     torch.device("cpu"), cfg.eval_batch_size, flip, tta_shift=moves, tta_zoom=zooms)
             rows.append(_row(run, name, views, scores, start))
         for views, ten in ({f"centre {crop} + flip (2)": False, f"ten crops of {crop} (10)": True}.items() if crop else ()):
             start = time.perf_counter()
@@ -82,10 +84,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--shift", type=int, default=2, help="pixels of the shifted views (default 2)")
+    parser.add_argument("--zoom", type=float, default=0.1, help="zoom of the zoomed views (default 0.1)")
     parser.add_argument("--crop", type=int, help="also score centre and ten-crop views of this many pixels")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = parser.parse_args()
-    rows = [row for run in args.runs for row in score_views(run, args.shift, args.crop)]
+    rows = [row for run in args.runs for row in score_views(run, args.shift, args.zoom, args.crop)]
     print("| run | weights | views | accuracy | macro-F1 | seconds |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['run']} | {r['weights']} | {r['views']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "

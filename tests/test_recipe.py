@@ -11,7 +11,7 @@ import fernoise.step as step_module
 from fernoise.checkpoint import load_checkpoint, model_from_checkpoint
 from fernoise.config import METHODS, ConfigError, TrainConfig, preset_path, resolve_config
 from fernoise.data import Augmenter
-from fernoise.evaluate import predict_arrays, shifted, tta_views
+from fernoise.evaluate import predict_arrays, shifted, tta_views, zoomed
 from fernoise.models import build_model
 from fernoise.step import resolve_precision
 from fernoise.optim import onecycle_factor
@@ -29,7 +29,7 @@ def _rows(run) -> list[dict]:
 def test_fast_preset_trains_two_steps_with_every_method(tmp_path, method):
     # one epoch of two steps; no test-time views for the synthetic test split's 1,500 faces (tested apart)
     cfg = resolve_config(preset_path("fer2013-fast"), method=method, epochs=1, warmup_epochs=0.5, train_limit=256,
-                         val_limit=32, image_size=32, train_crop=24, tta_shift=0)
+                         val_limit=32, image_size=32, train_crop=24, tta_shift=0, tta_zoom=0)
     assert cfg.batch_size == 128 and cfg.scheduler == "onecycle"  # 256 faces: two steps
     summary = train(cfg, tmp_path / method, quiet=True, log=lambda _: None)
     assert summary["epochs"] == 1 and np.isfinite(summary["final_train_loss"])
@@ -147,9 +147,10 @@ def test_prediction_averages_the_softmax_of_every_view():
     model = build_model(num_classes=7, in_channels=1, stem="half", width=8).eval()
     images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 1), dtype=np.uint8)
     augment = Augmenter("none", 16, 1, (0.5,), (0.25,))
-    got = predict_arrays(model, images, augment, torch.device("cpu"), tta_flip=True, tta_shift=2)
+    got = predict_arrays(model, images, augment, torch.device("cpu"), tta_flip=True, tta_shift=2, tta_zoom=0.1)
     inputs = augment(torch.from_numpy(images).permute(0, 3, 1, 2), train=False)
-    views = tta_views(inputs, True, 2, augment.normalize_black())
+    views = tta_views(inputs, True, 2, augment.normalize_black(), 0.1)
+    assert len(views) == 14
     with torch.no_grad():
         expected = torch.stack([model(v).softmax(1) for v in views]).mean(0).log()
     assert torch.allclose(got, expected, atol=1e-6)
@@ -157,7 +158,40 @@ def test_prediction_averages_the_softmax_of_every_view():
     assert not torch.allclose(got, plain, atol=1e-3)
 
 
-@pytest.mark.parametrize("stem, side", [("imagenet", 4), ("half", 8), ("small", 16)])
+def test_zoomed_views_bring_the_centre_closer_or_show_a_black_border():
+    x = torch.zeros(2, 1, 8, 8)
+    x[..., 2:6, 2:6] = 1.0  # a bright 4x4 centre
+    fill = torch.full((1, 1, 1), -1.0)
+    assert torch.allclose(zoomed(x, 1.0, fill), x, atol=1e-6)
+    closer = zoomed(x, 0.5, fill)  # half the field of view: the centre fills all but the outermost ring
+    assert torch.allclose(closer[..., 1:7, 1:7], torch.ones(2, 1, 6, 6), atol=1e-6) and closer.mean() > x.mean()
+    farther = zoomed(x, 2.0, fill)  # twice the field: the centre shrinks to 2x2, the border is black
+    assert torch.allclose(farther[..., 3:5, 3:5], torch.ones(2, 1, 2, 2), atol=1e-6)
+    assert (farther[..., 0, :] == -1).all() and (farther[..., :, 0] == -1).all()
+    views = tta_views(x, True, 0, fill, 0.1)
+    assert len(views) == 6 and len(tta_views(x, False, 0, fill, 0.1)) == 3 and len(tta_views(x, True, 1, fill, 0.1)) == 14
+    assert torch.equal(views[2], zoomed(x, 0.9, fill)) and torch.equal(views[5], zoomed(x.flip(3), 1.1, fill))
+    with pytest.raises(ConfigError, match="tta_zoom"):
+        TrainConfig(tta_zoom=1.0)
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last_and_resumes(tmp_path, one_thread):
+    cfg = TrainConfig(**TINY, epochs=3, val_every=2)
+    summary = train(cfg, tmp_path / "straight", quiet=True, log=lambda _: None)
+    rows = _rows(tmp_path / "straight")
+    assert [r["val_f1"] == "nan" for r in rows] == [True, False, False]
+    assert summary["best_epoch"] in (2, 3) and summary["final_val_f1"] == float(rows[2]["val_f1"])
+    assert load_checkpoint(tmp_path / "straight" / "checkpoints" / "best.pt")["epoch"] == summary["best_epoch"]
+    with pytest.raises(_Stop):  # stopped after the unvalidated epoch 1, then resumed: the same rows
+        train(cfg, tmp_path / "split", quiet=True, log=lambda _: None, on_epoch=_stop_after(1))
+    train(cfg, tmp_path / "split", resume=True, quiet=True, log=lambda _: None)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(_rows(tmp_path / "split")) == strip(rows)
+    with pytest.raises(ConfigError, match="val_every"):
+        TrainConfig(val_every=0)
+
+
+@pytest.mark.parametrize("stem, side", [("imagenet", 4), ("half", 8), ("deep", 8), ("small", 16)])
 def test_stem_and_width_shape_the_resnet(stem, side):
     model = build_model(in_channels=1, stem=stem, width=16)
     seen = {}
@@ -167,6 +201,22 @@ def test_stem_and_width_shape_the_resnet(stem, side):
     assert model.fc.in_features == 8 * 16
     narrow, wide = (sum(p.numel() for p in build_model(width=w).parameters()) for w in (32, 64))
     assert 3.5 < wide / narrow < 4.1  # parameters grow with the square of the width
+
+
+def test_the_deep_stem_sees_the_full_resolution_first_and_learns_there():
+    torch.manual_seed(0)
+    model = build_model(in_channels=1, stem="deep", width=16)
+    seen = {}
+    model.prelude.register_forward_hook(lambda m, i, o: seen.update(prelude=o.shape))
+    x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.prelude[0].weight.detach().clone()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    assert seen["prelude"] == (4, 4, 16, 16)  # width // 4 channels, not yet halved
+    assert not torch.equal(model.prelude[0].weight, before)
+    half = build_model(in_channels=1, stem="half", width=16)
+    assert not any(key.startswith("prelude") for key in half.state_dict())  # torchvision's keys elsewhere
 
 
 def test_width_is_refused_for_other_libraries():
@@ -226,9 +276,9 @@ def test_final_model_views_scores_a_cropped_run_on_its_windows(tmp_path):
     assert len(views["crops"](x, 6, False)) == 2
     run = tmp_path / "run"
     train(TrainConfig(**TINY, epochs=1, augment="light", train_crop=24), run, quiet=True, log=lambda _: None)
-    rows = views["score_views"](run, 2, 24)
-    assert [r["views"] for r in rows] == ["1", "flip (2)", "flip + shift 2 (10)", "centre 24 + flip (2)",
-                                          "ten crops of 24 (10)"]
+    rows = views["score_views"](run, 2, 0.1, 24)
+    assert [r["views"] for r in rows] == ["1", "flip (2)", "flip + zoom 0.1 (6)", "flip + shift 2 (10)",
+                                          "centre 24 + flip (2)", "ten crops of 24 (10)"]
     assert {r["weights"] for r in rows} == {"final"} and all(0 <= r["accuracy"] <= 1 for r in rows)
     final = float(_rows(run)[-1]["val_acc"])  # the run validated one whole-face view (no tta_flip in TINY)
     assert rows[0]["accuracy"] == pytest.approx(final)

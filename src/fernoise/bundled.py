@@ -34,7 +34,7 @@ FER2013_TERMS = (
     "FER2013 (Goodfellow et al., ICML 2013 workshop challenge, faces found by web image search) is distributed for "
     "research; the people shown did not consent to other uses. Use this model for research."
 )
-_STEMS = {"imagenet": "ImageNet stem (7x7/2 + max-pool)", "half": "half stem (3x3/2)", "small": "small stem (3x3/1)"}
+_STEMS = {"imagenet": "ImageNet stem (7x7/2 + max-pool)", "half": "half stem (3x3/2)", "deep": "deep stem (3x3/1, then 3x3/2)", "small": "small stem (3x3/1)"}
 
 
 def bundled_model_path() -> Path:
@@ -121,7 +121,9 @@ def _training(checkpoint: dict[str, Any], card: dict[str, Any], config: dict[str
 
 
 def _views(config: dict[str, Any]) -> str:
-    views = ["flipped" if config.get("tta_flip") else "", f"shifted {config['tta_shift']} px" if config.get("tta_shift") else ""]
+    views = ["flipped" if config.get("tta_flip") else "",
+             f"zoomed in and out by {config['tta_zoom']:g}" if config.get("tta_zoom") else "",
+             f"shifted {config['tta_shift']} px" if config.get("tta_shift") else ""]
     views = [v for v in views if v]
     return f"with test-time views ({' and '.join(views)})" if views else "one view per face"
 

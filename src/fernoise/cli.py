@@ -104,6 +104,9 @@ def _model_data_options(g: Any, d: TrainConfig) -> None:
                    help="evaluate on each face and its mirror image, averaging the predictions (default off)")
     g.add_argument("--tta-shift", type=int, metavar="PIXELS",
                    help="evaluate also on each view moved this many pixels left, right, up and down (default 0: off)")
+    g.add_argument("--tta-zoom", type=float, metavar="FRACTION",
+                   help="evaluate also on each view zoomed in and out by this fraction of the side (default 0: off)")
+    g.add_argument("--val-every", type=int, metavar="N", help="validate after every N epochs and the last (default 1)")
 
 
 def _speed_options(f: Any) -> None:
@@ -181,6 +184,8 @@ def _add_evaluate(sub: Any) -> None:
     e.add_argument("--tta-flip", action="store_true", help="average predictions with the mirrored face")
     e.add_argument("--tta-shift", type=int, default=0, metavar="PIXELS",
                    help="average also over each view moved this many pixels left, right, up and down (default 0: off)")
+    e.add_argument("--tta-zoom", type=float, default=0.0, metavar="FRACTION",
+                   help="average also over each view zoomed in and out by this fraction of the side (default 0: off)")
     e.add_argument("--bn-recalibrate", type=int, default=0, metavar="N",
                    help="first re-estimate BatchNorm statistics on N clean batches of the data's train split "
                         "(default 0: the statistics saved in the checkpoint)")

@@ -120,6 +120,8 @@ class TrainConfig:
     eval_batch_size: int = 256
     tta_flip: bool = False
     tta_shift: int = 0  # test-time views also moved by this many pixels left, right, up and down (0: off)
+    tta_zoom: float = 0.0  # test-time views also zoomed in and out by this fraction of the side (0: off)
+    val_every: int = 1  # validate after every this many epochs, and always after the last
     bn_recalibrate: int = 0  # clean training batches to re-estimate BatchNorm statistics on before each evaluation
 
     def __post_init__(self) -> None:
@@ -129,7 +131,7 @@ class TrainConfig:
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        positive = ("image_size", "width", "interval", "epochs", "batch_size", "eval_batch_size")
+        positive = ("image_size", "width", "interval", "epochs", "batch_size", "eval_batch_size", "val_every")
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be a positive integer, got {getattr(self, key)}")
@@ -151,9 +153,10 @@ class TrainConfig:
         if self.ema and not self.bn_recalibrate:
             raise ConfigError("ema: the averaged weights need BatchNorm statistics of their own, re-estimated before "
                               "each evaluation: set bn_recalibrate (e.g. 20 batches)")
-        if self.warmup_epochs < 0 or self.tta_shift < 0:
-            key = "warmup_epochs" if self.warmup_epochs < 0 else "tta_shift"
-            raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
+        for key in ("warmup_epochs", "tta_shift", "tta_zoom"):
+            if getattr(self, key) < 0 or (key == "tta_zoom" and self.tta_zoom >= 1):
+                raise ConfigError(f"{key}: must not be negative{' (nor 1 or more)' * (key == 'tta_zoom')}, "
+                                  f"got {getattr(self, key)}")
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"warmup_epochs: {self.warmup_epochs} is longer than the run ({self.epochs} epochs)")
         if self.nesterov and self.optimizer != "sgd":

@@ -46,14 +46,30 @@ def shifted(inputs: torch.Tensor, dx: int, dy: int, fill: torch.Tensor) -> torch
     return canvas[:, :, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
 
 
-def tta_views(inputs: torch.Tensor, flip: bool, shift: int, fill: torch.Tensor) -> list[torch.Tensor]:
+def zoomed(inputs: torch.Tensor, field: float, fill: torch.Tensor) -> torch.Tensor:
+    """``inputs`` (N, C, H, W) resampled to show ``field`` times the image side (<1 zooms in), about the
+    centre, bilinearly as the training augmentation's zoom; what a zoom-out uncovers takes ``fill`` (C, 1, 1)."""
+    n, c, h, w = inputs.shape
+    theta = torch.tensor([[field, 0.0, 0.0], [0.0, field, 0.0]], dtype=inputs.dtype, device=inputs.device)
+    grid = nn.functional.affine_grid(theta.expand(n, 2, 3), [n, c, h, w], align_corners=False)
+    fill = fill.to(inputs.device, inputs.dtype)
+    return nn.functional.grid_sample(inputs - fill, grid, mode="bilinear", padding_mode="zeros",
+                                     align_corners=False) + fill
+
+
+def tta_views(inputs: torch.Tensor, flip: bool, shift: int, fill: torch.Tensor, zoom: float = 0.0) -> list[torch.Tensor]:
     """The test-time views of a normalised batch: itself; with ``flip`` its mirror image too; with
-    ``shift`` each of those also moved ``shift`` pixels left, right, up and down (1, 2, 5 or 10 views).
+    ``zoom`` each of those also zoomed in and out (fields of view ``1 - zoom`` and ``1 + zoom``, as the
+    ``light`` training augmentation's range ends); with ``shift`` the unzoomed ones also moved ``shift``
+    pixels left, right, up and down (1 or 2 views, times 3 with zoom, plus 4 or 8 with shift).
     ``fill`` is what the moves uncover: black, as the training augmentation's shifts bring in."""
     views = [inputs, inputs.flip(3)] if flip else [inputs]
+    plain = list(views)
+    if zoom:
+        views += [zoomed(view, field, fill) for view in plain for field in (1 - zoom, 1 + zoom)]
     if shift:
         moves = ((shift, 0), (-shift, 0), (0, shift), (0, -shift))
-        views += [shifted(view, dx, dy, fill) for view in list(views) for dx, dy in moves]
+        views += [shifted(view, dx, dy, fill) for view in plain for dx, dy in moves]
     return views
 
 
@@ -67,6 +83,7 @@ def predict_arrays(
     tta_flip: bool = False,
     *,
     tta_shift: int = 0,
+    tta_zoom: float = 0.0,
 ) -> torch.Tensor:
     """Logits (on the CPU) for uint8 (N, H, W, C) images, in order, in eval mode.
 
@@ -79,7 +96,7 @@ def predict_arrays(
     dummy = np.zeros(len(images), dtype=np.int64)
     black = augment.normalize_black().to(device)
     for batch, _ in iterate_batches(images, dummy, batch_size, shuffle=False, device=device):
-        views = tta_views(augment(batch, train=False), tta_flip, tta_shift, black)
+        views = tta_views(augment(batch, train=False), tta_flip, tta_shift, black, tta_zoom)
         logits = model(views[0])
         if len(views) > 1:
             logits = torch.stack([logits.softmax(1), *(model(v).softmax(1) for v in views[1:])]).mean(0).log()
@@ -108,9 +125,10 @@ def evaluate_arrays(
     class_names: Optional[list[str]] = None,
     *,
     tta_shift: int = 0,
+    tta_zoom: float = 0.0,
 ) -> dict[str, Any]:
     """Loss, macro-F1, accuracy and per-class scores of ``model`` on labelled arrays."""
-    logits = predict_arrays(model, images, augment, device, batch_size, tta_flip, tta_shift=tta_shift)
+    logits = predict_arrays(model, images, augment, device, batch_size, tta_flip, tta_shift=tta_shift, tta_zoom=tta_zoom)
     return scores_from_logits(logits, labels, class_names or [str(i) for i in range(num_classes)])
 
 
@@ -173,6 +191,7 @@ def evaluate_checkpoint(
     batch_size: int = 256,
     tta_flip: bool = False,
     tta_shift: int = 0,
+    tta_zoom: float = 0.0,
     bn_recalibrate: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -183,7 +202,7 @@ def evaluate_checkpoint(
     checkpoint = load_checkpoint(checkpoint_path)
     packed = _load_packed(data, checkpoint["input"]["size"], data_format, cache_dir, progress)
     return score_checkpoint(checkpoint, checkpoint_path, packed, data, split, device=device, batch_size=batch_size,
-                            tta_flip=tta_flip, tta_shift=tta_shift, bn_recalibrate=bn_recalibrate)
+                            tta_flip=tta_flip, tta_shift=tta_shift, tta_zoom=tta_zoom, bn_recalibrate=bn_recalibrate)
 
 
 def score_checkpoint(
@@ -197,6 +216,7 @@ def score_checkpoint(
     batch_size: int = 256,
     tta_flip: bool = False,
     tta_shift: int = 0,
+    tta_zoom: float = 0.0,
     bn_recalibrate: int = 0,
 ) -> dict[str, Any]:
     """:func:`evaluate_checkpoint` for a loaded checkpoint and a prepared data set."""
@@ -215,7 +235,8 @@ def score_checkpoint(
                                              int(config.get("batch_size") or 64))
     # every image is run (unknown classes too, then dropped), so no split is copied out of its memory map
     logits = torch.cat([
-        predict_arrays(model, packed.splits[s].images, augment, torch_device, batch_size, tta_flip, tta_shift=tta_shift)
+        predict_arrays(model, packed.splits[s].images, augment, torch_device, batch_size, tta_flip, tta_shift=tta_shift,
+                       tta_zoom=tta_zoom)
         for s in splits
     ])
     scores = scores_from_logits(logits[torch.from_numpy(known)], mapped, model_classes)
@@ -417,7 +438,7 @@ def evaluate_command(args: Any) -> int:
     Exit status 2 when a run's checkpoint could not be used (the others are still scored).
     """
     options = dict(data_format=args.data_format, cache_dir=args.cache_dir, progress=not args.quiet)
-    scoring = dict(device=args.device, tta_flip=args.tta_flip, tta_shift=args.tta_shift,
+    scoring = dict(device=args.device, tta_flip=args.tta_flip, tta_shift=args.tta_shift, tta_zoom=args.tta_zoom,
                    bn_recalibrate=args.bn_recalibrate)
     if Path(args.checkpoint).is_dir():
         if args.confusion:

@@ -91,6 +91,8 @@ def plot_pair(
     for method in methods:
         info = method_info(method)
         epochs, values = _curves(groups[method], column)
+        scored = ~np.isnan(values).all(axis=0)  # epochs left unvalidated (val_every) would break the line
+        epochs, values = epochs[scored], values[:, scored]
         mean = _nan_reduce(np.nanmean, values)
         ax.plot(epochs, mean, color=info.color, lw=1.8, label=f"{info.long_label} (mean, n={len(values)})")
         if len(values) > 1:

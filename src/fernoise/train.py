@@ -336,7 +336,7 @@ def _train_locked(
         first, looping = run.epoch + 1, time.perf_counter()
         for epoch in range(first, cfg.epochs + 1):
             row = _train_epoch(run, epoch)
-            row.update(_evaluate(run, epoch))
+            row.update(_evaluate(run, epoch) if epoch % cfg.val_every == 0 or epoch == cfg.epochs else _UNVALIDATED)
             is_best = _record(run, epoch, row)
             if ddp.is_main:
                 per_epoch = (time.perf_counter() - looping) / (epoch - first + 1)  # training and evaluation
@@ -415,12 +415,17 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     return row
 
 
+# The row of an epoch that ``val_every`` leaves unvalidated: NaN is never the best, and figures skip it.
+_UNVALIDATED = {"val_loss": float("nan"), "val_f1": float("nan"), "val_acc": float("nan")}
+
+
 def _evaluate(run: _Run, epoch: int) -> dict[str, float]:
     """Validation loss, macro-F1 and accuracy (BatchNorm statistics first re-estimated if asked for)."""
     if run.cfg.bn_recalibrate:
         _recalibrate(run, epoch)
     val = evaluate_arrays(run.evaluated, run.data.val_images, run.data.val_labels, run.num_classes, run.augment,
-                          run.device, run.cfg.eval_batch_size, run.cfg.tta_flip, tta_shift=run.cfg.tta_shift)
+                          run.device, run.cfg.eval_batch_size, run.cfg.tta_flip, tta_shift=run.cfg.tta_shift,
+                          tta_zoom=run.cfg.tta_zoom)
     return {"val_loss": val["loss"], "val_f1": val["macro_f1"], "val_acc": val["accuracy"]}
 
 
@@ -452,7 +457,7 @@ def _write_epoch(run: _Run, writer: Any, is_best: bool, seconds_left: float) -> 
     """Rank 0's files of a finished epoch, in an order that a kill at any point leaves resumable."""
     row, epoch = run.rows[-1], run.epoch
     for key, value in row.items():
-        if key != "epoch":
+        if key != "epoch" and value == value:  # NaN: not validated this epoch
             writer.add_scalar(key, value, epoch)
     writer.flush()
     pause_point("epoch-trained", epoch)
@@ -470,9 +475,10 @@ def _write_epoch(run: _Run, writer: Any, is_best: bool, seconds_left: float) -> 
     write_metrics(run.out / METRICS_FILE, run.rows)
     pause_point("epoch-done", epoch)
     noise = f" noise {row['noise_on']:.2f}" if run.noise.method != "none" else ""
+    val = (f"val loss {row['val_loss']:.4f}  val F1 {row['val_f1']:.4f}  acc {row['val_acc']:.4f}"
+           if row["val_f1"] == row["val_f1"] else "not validated")
     run.log(
-        f"epoch {epoch}/{run.cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-        f"val F1 {row['val_f1']:.4f}  acc {row['val_acc']:.4f}{noise}  {row['seconds']:.1f}s"
+        f"epoch {epoch}/{run.cfg.epochs}  train loss {row['train_loss']:.4f}  {val}{noise}  {row['seconds']:.1f}s"
         + (f"  about {_minutes(seconds_left)} left" if seconds_left > 0 else "")
     )
 
@@ -503,6 +509,6 @@ def _summarise(run: _Run) -> dict[str, Any]:
     if test is not None and len(test.labels) and run.best_path.is_file():
         model = model_from_checkpoint(load_checkpoint(run.best_path), run.best_path).to(run.device)
         scores = evaluate_arrays(model, test.images, test.labels, len(packed.classes), run.augment, run.device,
-                                 cfg.eval_batch_size, cfg.tta_flip, tta_shift=cfg.tta_shift)
+                                 cfg.eval_batch_size, cfg.tta_flip, tta_shift=cfg.tta_shift, tta_zoom=cfg.tta_zoom)
         summary.update(test_f1=scores["macro_f1"], test_acc=scores["accuracy"])
     return summary
