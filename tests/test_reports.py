@@ -576,3 +576,31 @@ def test_a_run_from_before_autorelu_grad_reads_as_the_exact_gradient_it_used(tmp
     config = yaml.safe_load((new / "config.yaml").read_text())
     (new / "config.yaml").write_text(yaml.safe_dump({**config, "autorelu_grad": "autograd"}))
     assert load_run(new).config["autorelu_grad"] == "autograd"
+
+
+def test_curves_join_the_validated_epochs_of_a_run_that_skips_some(tmp_path: Path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from fernoise import figures
+
+    def run(method: str, seed: int, val_f1: list[float]) -> RunRecord:
+        metrics = {"epoch": np.arange(1.0, 7.0), "noise_on": np.zeros(6), "val_f1": np.array(val_f1)}
+        return RunRecord(tmp_path, method, seed, metrics, {}, {})
+
+    nan = float("nan")
+    every_other = [nan, 0.3, nan, 0.4, nan, 0.5]  # val_every 2
+    groups = {"baseline": [run("baseline", 0, every_other), run("baseline", 1, every_other)],
+              "dropout": [run("dropout", 0, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])]}
+    drawn = {}
+    real_plot = Axes.plot
+
+    def spy(self, x, y, *args, **kwargs):
+        drawn[kwargs.get("label", "")] = (list(x), list(y))
+        return real_plot(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    figures.plot_pair(groups, ("baseline", "dropout"), "val_f1", "F1", "title", tmp_path / "pair.png")
+    baseline = next(v for k, v in drawn.items() if "n=2" in k)
+    assert baseline == ([2.0, 4.0, 6.0], pytest.approx([0.3, 0.4, 0.5]))  # one line, no NaN gaps
+    assert next(v for k, v in drawn.items() if "n=1" in k)[0] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert (tmp_path / "pair.png").stat().st_size > 0
