@@ -34,7 +34,8 @@ FER2013_TERMS = (
     "FER2013 (Goodfellow et al., ICML 2013 workshop challenge, faces found by web image search) is distributed for "
     "research; the people shown did not consent to other uses. Use this model for research."
 )
-_STEMS = {"imagenet": "ImageNet stem (7x7/2 + max-pool)", "half": "half stem (3x3/2)", "deep": "deep stem (3x3/1, then 3x3/2)", "small": "small stem (3x3/1)"}
+_STEMS = {"imagenet": "ImageNet stem (7x7/2 + max-pool)", "half": "half stem (3x3/2)",
+          "deep": "deep stem (3x3/1, then 3x3/2)", "small": "small stem (3x3/1)"}
 
 
 def bundled_model_path() -> Path:

@@ -131,8 +131,7 @@ class TrainConfig:
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        positive = ("image_size", "width", "interval", "epochs", "batch_size", "eval_batch_size", "val_every")
-        for key in positive:
+        for key in ("image_size", "width", "interval", "epochs", "batch_size", "eval_batch_size", "val_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be a positive integer, got {getattr(self, key)}")
         if self.train_crop is not None and not 0 < self.train_crop <= self.image_size:
@@ -154,9 +153,10 @@ class TrainConfig:
             raise ConfigError("ema: the averaged weights need BatchNorm statistics of their own, re-estimated before "
                               "each evaluation: set bn_recalibrate (e.g. 20 batches)")
         for key in ("warmup_epochs", "tta_shift", "tta_zoom"):
-            if getattr(self, key) < 0 or (key == "tta_zoom" and self.tta_zoom >= 1):
-                raise ConfigError(f"{key}: must not be negative{' (nor 1 or more)' * (key == 'tta_zoom')}, "
-                                  f"got {getattr(self, key)}")
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
+        if self.tta_zoom >= 1:
+            raise ConfigError(f"tta_zoom: must be below 1 (the zoomed-in view shows 1 - tta_zoom), got {self.tta_zoom}")
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"warmup_epochs: {self.warmup_epochs} is longer than the run ({self.epochs} epochs)")
         if self.nesterov and self.optimizer != "sgd":

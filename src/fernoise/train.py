@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import signal
 import time
@@ -457,7 +458,7 @@ def _write_epoch(run: _Run, writer: Any, is_best: bool, seconds_left: float) -> 
     """Rank 0's files of a finished epoch, in an order that a kill at any point leaves resumable."""
     row, epoch = run.rows[-1], run.epoch
     for key, value in row.items():
-        if key != "epoch" and value == value:  # NaN: not validated this epoch
+        if key != "epoch" and not math.isnan(value):  # NaN: not validated this epoch
             writer.add_scalar(key, value, epoch)
     writer.flush()
     pause_point("epoch-trained", epoch)
@@ -476,7 +477,7 @@ def _write_epoch(run: _Run, writer: Any, is_best: bool, seconds_left: float) -> 
     pause_point("epoch-done", epoch)
     noise = f" noise {row['noise_on']:.2f}" if run.noise.method != "none" else ""
     val = (f"val loss {row['val_loss']:.4f}  val F1 {row['val_f1']:.4f}  acc {row['val_acc']:.4f}"
-           if row["val_f1"] == row["val_f1"] else "not validated")
+           if not math.isnan(row["val_f1"]) else "not validated")
     run.log(
         f"epoch {epoch}/{run.cfg.epochs}  train loss {row['train_loss']:.4f}  {val}{noise}  {row['seconds']:.1f}s"
         + (f"  about {_minutes(seconds_left)} left" if seconds_left > 0 else "")
