@@ -3,6 +3,7 @@ scripts/commit_runs.sh, which commits a grid's small files as its runs finish.""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import multiprocessing
 import os
 import shutil
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from data_fixtures import make_folders
 
 from fernoise import reproduce
 from fernoise.config import TrainConfig
@@ -73,3 +76,34 @@ def test_commit_runs_commits_a_report_that_has_no_figures(tmp_path):
     assert tracked == [f"results/grid/{name}" for name in (
         "baseline-seed0/config.yaml", "baseline-seed0/metrics.csv", "baseline-seed0/summary.json",
         "report.md", "table1.csv", "table1.md")]
+
+
+def test_final_models_are_scored_again_once_per_view_set_and_reported_per_class(tmp_path):
+    out, logs = tmp_path / "grid", []
+    faces = make_folders(tmp_path / "faces", per_class=16)  # a val split of 64 faces, all scored
+    overrides = dict(TINY, val_limit=None, tta_flip=True, cache_dir=str(tmp_path / "cache"))
+    reproduce.reproduce(out, data=str(faces), methods=("baseline", "periodic"), seeds=1, overrides=overrides,
+                        quiet=True, log=logs.append, command="test", final_tta_zoom=0.0)
+    run = out / "periodic-seed0"
+    final, summary = run / "final-evaluation.json", json.loads((run / "summary.json").read_text())
+    first = json.loads(final.read_text())
+    # the run's own views on its own validation split: the last epoch's score again
+    assert first["views"] == {"flip": True, "shift": 0, "zoom": 0.0} and first["n"] == 64
+    assert first["macro_f1"] == pytest.approx(summary["final_val_f1"], abs=1e-6)
+    assert first["accuracy"] == pytest.approx(summary["final_val_acc"], abs=1e-6)
+    report = (out / "report.md").read_text()
+    assert "Final model macro-F1, scored again" in report and "Δ final model F1, scored again" in report
+    per_class = report.split("### Per-class F1 of the final models")[1]
+    assert "| +Periodic | 1 |" in per_class and "| sad |" in per_class
+
+    cfg = TrainConfig(**yaml.safe_load((run / "config.yaml").read_text()))
+    reproduce.score_final_model(cfg, run, 0.1, True, logs.append)  # other views: scored again
+    zoomed = json.loads(final.read_text())
+    assert zoomed["views"]["zoom"] == 0.1 and zoomed["n"] == 64 and zoomed["epoch"] == 1
+    assert sum(map(sum, zoomed["confusion"])) == 64
+    stamp, logs[:] = final.stat().st_mtime_ns, []
+    reproduce.score_final_model(cfg, run, 0.1, True, logs.append)  # the same views: kept as it is
+    assert final.stat().st_mtime_ns == stamp and logs == []
+    (run / "checkpoints" / "last.pt").unlink()  # small files from another machine
+    reproduce.score_final_model(cfg, run, 0.2, True, logs.append)
+    assert "last.pt is not here" in logs[0] and json.loads(final.read_text())["views"]["zoom"] == 0.1

@@ -205,6 +205,8 @@ def _add_reproduce(sub: Any) -> None:
     r.add_argument("--out", help="output directory (default runs/reproduce-<data name>)")
     r.add_argument("--jobs", type=int, default=1,
                    help="runs trained at once, in separate processes sharing the device(s) (default 1)")
+    r.add_argument("--final-tta-zoom", type=float, metavar="F", help="score each final model again (its views, "
+                   "also zoomed by F) into final-evaluation.json, for the report's final-model rows and per-class F1")
     r.add_argument("--quiet", action="store_true")
     _train_options(r)
 
@@ -435,12 +437,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     quick = args.data == "synthetic" and not args.config
     config_file = preset_path(args.config or ("quick" if quick else "paper"))
-    seeds = args.seeds or (2 if quick else 3)
     out = Path(args.out or f"runs/reproduce-{_data_name(args.data)}")
-    report = reproduce(
-        out, data=args.data, methods=args.methods, seeds=seeds, config_file=config_file,
-        overrides=_overrides(args), quiet=args.quiet, jobs=args.jobs,
-    )
+    report = reproduce(out, data=args.data, methods=args.methods, seeds=args.seeds or (2 if quick else 3),
+                       config_file=config_file, overrides=_overrides(args), quiet=args.quiet, jobs=args.jobs,
+                       final_tta_zoom=args.final_tta_zoom)
     print(f"report written to {report}")
     return 0
 

@@ -256,6 +256,7 @@ def score_checkpoint(
         seed=config.get("seed"),
         epoch=checkpoint.get("epoch"),
         bn_recalibrated=recalibrated,
+        views={"flip": bool(tta_flip), "shift": int(tta_shift), "zoom": float(tta_zoom)},
     )
     scores["selection"] = "; ".join(filter(None, [scores["chosen"], f"scored {scores['n']}, {left_out}", recalibrated]))
     return scores

@@ -21,11 +21,12 @@ from fernoise.runs import (
     RECALIBRATED, RunFormatError, RunRecord, by_method, find_run_dirs, load_run, load_runs, method_info,
 )
 from fernoise.stats import (
-    PAPER_CLAIMS, batchnorm_effect, batchnorm_pairs, check_claim, compare_to_baseline, t_quantile, table1,
-    trace_stats,
+    PAPER_CLAIMS, batchnorm_effect, batchnorm_pairs, check_claim, compare_to_baseline, per_class_f1, t_quantile,
+    table1, trace_stats,
 )
 from fernoise.table import (
-    claims_markdown, comparison_markdown, mean_std_cell, table1_markdown, write_table1_csv, write_table1_md,
+    claims_markdown, comparison_markdown, mean_std_cell, per_class_markdown, table1_markdown, write_table1_csv,
+    write_table1_md,
 )
 
 __all__ = [
@@ -185,6 +186,32 @@ def _comparison_part(runs: Sequence[RunRecord]) -> str:
     return f"## Difference to {baseline_label}\n\n" + comparison_markdown(comparison, baseline_label)
 
 
+def _views_words(views: Mapping[str, Any]) -> str:
+    flip, shift, zoom = views.get("flip"), views.get("shift"), views.get("zoom")
+    count = (2 if flip else 1) * (3 if zoom else 1) + (2 if flip else 1) * (4 if shift else 0)
+    parts = ["the face"] + (["its mirror image"] if flip else []) + ([f"zoomed by ±{zoom:g}"] if zoom else [])
+    parts += [f"shifted by {shift} pixels"] if shift else []
+    return f"{count} views ({', '.join(parts)})"
+
+
+def _final_models_part(runs: Sequence[RunRecord]) -> str:
+    """How the final models were scored again, and their per-class F1; empty when none was."""
+    scored = [run for run in runs if run.final is not None]
+    if not scored:
+        return ""
+    views = sorted({_views_words(run.final.get("views") or {}) for run in scored})
+    missing = [f"{method_info(run.method).label} seed {run.seed}" for run in runs if run.final is None]
+    text = (f"Each run's final weights (checkpoints/last.pt), scored once more on the whole validation split "
+            f"with {' / '.join(views)}, the logits averaged over the views' softmax (final-evaluation.json; "
+            f"`fernoise reproduce --final-tta-zoom`). These are the \"scored again\" rows above: the model a "
+            f"user would keep, with no choice of epoch on the validation set.")
+    if missing:
+        text += f" Not scored again (no checkpoint where the report was made): {', '.join(missing)}."
+    classes, rows = per_class_f1(runs)
+    return text + "\n\n### Per-class F1 of the final models\n\n" + per_class_markdown(
+        classes, rows, method_info("baseline").label)
+
+
 def _figures_part(groups: Mapping[str, list[RunRecord]], out: Path) -> str:
     """The paper's figures, drawn into ``out``, with captions and the pairs that could not be drawn."""
     figures, skipped = write_figures(groups, out)
@@ -244,8 +271,11 @@ def write_report(
         + table1_markdown(rows) + "\nMachine-readable: [table1.csv](table1.csv).",
         _comparison_part(runs),
         "## The paper's claims\n\n" + claims_markdown(runs),
-        _figures_part(groups, out),
     ]
+    final_models = _final_models_part(runs)
+    if final_models:
+        parts.append("## Final models\n\n" + final_models)
+    parts.append(_figures_part(groups, out))
     dynamic_runs = _dynamic_runs(runs)
     dynamic = _dynamic_noise_markdown(dynamic_runs, write_trace_figures(dynamic_runs, out))
     if dynamic:

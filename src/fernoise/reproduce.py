@@ -3,10 +3,13 @@
 Runs live in ``OUT/<method>-seed<seed>/``. A run whose ``summary.json`` exists
 with the same configuration is reused; one that stopped part-way is resumed from
 its ``last.pt``; a run directory holding a different configuration is an error
-rather than being overwritten.
+rather than being overwritten. With ``final_tta_zoom``, each run's final weights are
+scored once more, with more test-time views than its per-epoch validation used, into
+``final-evaluation.json`` (right after the run, while its checkpoint is on this machine).
 """
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -15,9 +18,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
+from fernoise.checkpoint import load_checkpoint
 from fernoise.config import METHODS, PAPER_METHODS, SPEED_ONLY, ConfigError, TrainConfig, config_changes, resolve_config
+from fernoise.evaluate import score_checkpoint, write_evaluation
 from fernoise.io import PathLike
 from fernoise.reports import describe_runs, format_duration, write_report
+from fernoise.runfiles import FINAL_EVALUATION_FILE
 from fernoise.runs import load_runs
 from fernoise.train import TrainingError, prepare_data, train
 
@@ -49,8 +55,12 @@ def reproduce(
     log: Callable[[str], None] = print,
     command: Optional[str] = None,
     jobs: int = 1,
+    final_tta_zoom: Optional[float] = None,
 ) -> Path:
     """Train (or reuse) every method x seed and write the report; return ``report.md``'s path.
+
+    ``final_tta_zoom``: after each run, :func:`score_final_model` with zoomed views of this fraction
+    (0: the run's own flip and shift views only); None: no second scoring.
 
     ``jobs > 1`` trains that many runs at once, each in its own process: on a GPU the
     runs share it (a small model at batch 64 leaves most of an H100 idle), on the CPU
@@ -64,6 +74,8 @@ def reproduce(
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    if final_tta_zoom is not None and not 0 <= final_tta_zoom < 1:
+        raise ConfigError(f"--final-tta-zoom must be in [0, 1), got {final_tta_zoom}")
     out = Path(out)
     run_dirs, todo = [], []
     for seed in range(seeds):
@@ -73,30 +85,67 @@ def reproduce(
             run_dirs.append(run_dir)
             if _finished(run_dir, cfg):
                 log(f"[{run_dir.name}] finished earlier, reused")
+                if final_tta_zoom is not None:
+                    score_final_model(cfg, run_dir, final_tta_zoom, quiet, log)
             else:
                 todo.append((cfg, run_dir))
     if jobs == 1 or len(todo) <= 1:
         clock = _GridClock(todo, log)
         for cfg, run_dir in todo:
-            ensure_run(cfg, run_dir, quiet, log, on_epoch=clock.epoch_done)
+            ensure_run(cfg, run_dir, quiet, log, on_epoch=clock.epoch_done, final_tta_zoom=final_tta_zoom)
     else:
         # Decode the data once here rather than in every worker at the same moment.
         prepare_data(todo[0][0], progress=not quiet)
-        _train_concurrently(todo, jobs, quiet, log)
+        _train_concurrently(todo, jobs, quiet, log, final_tta_zoom)
     runs = load_runs(run_dirs)
     command = command or "fernoise " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return write_report(runs, out, command=command, data_description=describe_runs(runs))
 
 
 def ensure_run(cfg: TrainConfig, run_dir: Path, quiet: bool, log: Callable[[str], None],
-               on_epoch: Optional[Callable[[dict[str, Any]], None]] = None) -> None:
-    """Reuse the finished run in ``run_dir``, resume it from ``last.pt``, or train it from the start."""
-    if _finished(run_dir, cfg):
+               on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
+               final_tta_zoom: Optional[float] = None) -> None:
+    """Reuse the finished run in ``run_dir``, resume it from ``last.pt``, or train it from the start;
+    then, with ``final_tta_zoom``, :func:`score_final_model`."""
+    if not _finished(run_dir, cfg):
+        resume = (run_dir / "checkpoints" / "last.pt").is_file()
+        log(f"[{run_dir.name}] {'resuming' if resume else 'training'}")
+        train(cfg, run_dir, resume=resume, quiet=quiet, log=lambda msg: log(f"[{run_dir.name}] {msg}"),
+              on_epoch=on_epoch)
+    if final_tta_zoom is not None:
+        score_final_model(cfg, run_dir, final_tta_zoom, quiet, log)
+
+
+def final_views(cfg: TrainConfig, zoom: float) -> dict[str, Any]:
+    """The test-time views of a final scoring, as ``evaluate`` records them: the run's flip and shift, ``zoom``."""
+    return {"flip": bool(cfg.tta_flip), "shift": int(cfg.tta_shift), "zoom": float(zoom)}
+
+
+def score_final_model(cfg: TrainConfig, run_dir: Path, zoom: float, quiet: bool, log: Callable[[str], None]) -> None:
+    """Score a finished run's final weights (``checkpoints/last.pt``) on its whole validation split with
+    :func:`final_views`, BatchNorm re-estimated as the run's own validation did, into ``final-evaluation.json``.
+
+    Kept when that file already holds these views; a run whose checkpoint is not on this machine (its
+    small files came from another) is named in the log and left unscored.
+    """
+    path, views = run_dir / FINAL_EVALUATION_FILE, final_views(cfg, zoom)
+    if path.is_file():
+        try:
+            if json.loads(path.read_text(encoding="utf-8")).get("views") == views:
+                return
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            pass  # unreadable: scored again below
+    checkpoint_path = run_dir / "checkpoints" / "last.pt"
+    if not checkpoint_path.is_file():
+        log(f"[{run_dir.name}] {checkpoint_path} is not here: its final model is not scored")
         return
-    resume = (run_dir / "checkpoints" / "last.pt").is_file()
-    log(f"[{run_dir.name}] {'resuming' if resume else 'training'}")
-    train(cfg, run_dir, resume=resume, quiet=quiet, log=lambda msg: log(f"[{run_dir.name}] {msg}"),
-          on_epoch=on_epoch)
+    packed = prepare_data(cfg, progress=not quiet).packed
+    scores = score_checkpoint(load_checkpoint(checkpoint_path), checkpoint_path, packed, cfg.data, "val",
+                              device=cfg.device, batch_size=cfg.eval_batch_size, tta_flip=cfg.tta_flip,
+                              tta_shift=cfg.tta_shift, tta_zoom=zoom, bn_recalibrate=cfg.bn_recalibrate)
+    write_evaluation(scores, path, None)
+    log(f"[{run_dir.name}] final model ({views}): accuracy {scores['accuracy']:.4f}, "
+        f"macro-F1 {scores['macro_f1']:.4f} -> {path}")
 
 
 class _GridClock:
@@ -131,12 +180,13 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _worker(cfg_dict: dict[str, Any], run_dir: str, gpu: Optional[int]) -> None:
+def _worker(cfg_dict: dict[str, Any], run_dir: str, gpu: Optional[int], final_tta_zoom: Optional[float]) -> None:
     import torch
 
     if gpu is not None:
         torch.cuda.set_device(gpu)
-    ensure_run(TrainConfig(**cfg_dict), Path(run_dir), True, lambda msg: print(msg, flush=True))
+    ensure_run(TrainConfig(**cfg_dict), Path(run_dir), True, lambda msg: print(msg, flush=True),
+               final_tta_zoom=final_tta_zoom)
 
 
 def _gpus_for(configs: Sequence[TrainConfig]) -> list[Optional[int]]:
@@ -161,7 +211,7 @@ def _stop_workers(workers: Sequence[Any], run_dirs: Sequence[Path]) -> None:
 
 
 def _train_concurrently(todo: list[tuple[TrainConfig, Path]], jobs: int, quiet: bool,
-                        log: Callable[[str], None]) -> None:
+                        log: Callable[[str], None], final_tta_zoom: Optional[float] = None) -> None:
     """Train the runs in ``jobs`` worker processes; a failed run does not stop the others."""
     import multiprocessing
     import os
@@ -177,7 +227,7 @@ def _train_concurrently(todo: list[tuple[TrainConfig, Path]], jobs: int, quiet: 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
         futures = {
-            pool.submit(_worker, cfg.to_dict(), str(run_dir), gpu): run_dir
+            pool.submit(_worker, cfg.to_dict(), str(run_dir), gpu, final_tta_zoom): run_dir
             for (cfg, run_dir), gpu in zip(todo, gpu_of)
         }
         progress = None

@@ -21,11 +21,12 @@ import yaml
 
 from fernoise.config import PREDATED
 from fernoise.io import PathLike
-from fernoise.runfiles import METRIC_COLUMNS, TRACE_FILE, TRACE_HEADER
+from fernoise.runfiles import FINAL_EVALUATION_FILE, METRIC_COLUMNS, TRACE_FILE, TRACE_HEADER
 
 # The metrics.csv columns a report needs (train_f1 is not shown, so not required).
 REQUIRED_METRICS = tuple(c for c in METRIC_COLUMNS if c != "train_f1")
 SUMMARY_KEYS = ("best_val_f1", "best_epoch", "final_val_f1", "final_train_loss")
+FINAL_MODEL = "final_model_"  # RunRecord.value's prefix for the numbers of final-evaluation.json
 
 
 class MethodInfo(NamedTuple):
@@ -60,10 +61,25 @@ class RunRecord:
     summary: dict[str, Any]
     config: dict[str, Any]
     trace: dict[str, np.ndarray] | None = None  # autorelu_trace.csv of a dynamic run, when written
+    final: dict[str, Any] | None = None  # final-evaluation.json: the final weights scored again, when done
 
     @property
     def epochs(self) -> int:
         return int(self.metrics["epoch"].size)
+
+    def value(self, field: str) -> float | None:
+        """A summary.json number, or ``final_model_f1``/``final_model_acc``/``final_model_f1_<class>`` from
+        final-evaluation.json; None where the run has no such number."""
+        if field.startswith(FINAL_MODEL):
+            if self.final is None:
+                return None
+            name = field.removeprefix(FINAL_MODEL)
+            value = {"f1": self.final["macro_f1"], "acc": self.final["accuracy"]}.get(name)
+            if value is None and name.startswith("f1_"):
+                value = self.final["f1"].get(name.removeprefix("f1_"))
+        else:
+            value = self.summary.get(field)
+        return float(value) if is_number(value) else None
 
     @property
     def wall_seconds(self) -> float:
@@ -145,6 +161,24 @@ def _read_summary(path: Path) -> dict[str, Any]:
     return summary
 
 
+def _read_final_evaluation(path: Path) -> dict[str, Any] | None:
+    """final-evaluation.json, checked for the numbers a report takes from it; None when absent."""
+    if not path.is_file():
+        return None
+    try:
+        final = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise RunFormatError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+    if not isinstance(final, dict):
+        raise RunFormatError(f"{path}: expected a JSON object")
+    for key in ("macro_f1", "accuracy"):
+        if not is_number(final.get(key)):
+            raise RunFormatError(f"{path}: '{key}' missing or not a number")
+    if not isinstance(final.get("f1"), dict):
+        raise RunFormatError(f"{path}: 'f1' (per-class F1 by class name) missing")
+    return final
+
+
 def is_number(value: Any) -> bool:
     """Numbers including NaN/inf: a diverged run is a result to report, not a malformed file."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -170,6 +204,7 @@ def load_run(run_dir: PathLike) -> RunRecord:
         summary=_read_summary(path / "summary.json"),
         config={**PREDATED, **config},  # a key the run predates: what it did then
         trace=read_trace(trace_path) if trace_path.is_file() else None,
+        final=_read_final_evaluation(path / FINAL_EVALUATION_FILE),
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from fernoise.runs import RECALIBRATED, RunRecord, by_method, is_number, method_info
+from fernoise.runs import FINAL_MODEL, RECALIBRATED, RunRecord, by_method, method_info
 
 # Table 1 rows: (key, summary.json field, row label, number format).
 TABLE_ROWS: tuple[tuple[str, str, str, str], ...] = (
@@ -23,13 +23,21 @@ TABLE_ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("final_val_acc", "final_val_acc", "Validation accuracy (final epoch)", ".4f"),
     ("test_f1", "test_f1", "Test macro-F1", ".4f"),
     ("test_acc", "test_acc", "Test accuracy", ".4f"),
+    ("final_model_f1", "final_model_f1", "Final model macro-F1, scored again", ".4f"),
+    ("final_model_acc", "final_model_acc", "Final model accuracy, scored again", ".4f"),
 )
 # Paired differences to the baseline: (key, summary.json field, heading). The max over epochs is
 # the paper's number but is chosen on the validation set itself; the final epoch is not.
 COMPARED: tuple[tuple[str, str, str], ...] = (
     ("val_f1", "best_val_f1", "Δ max val F1"),
     ("final_val_f1", "final_val_f1", "Δ final val F1"),
+    ("final_model_f1", "final_model_f1", "Δ final model F1, scored again"),
     ("train_loss", "final_train_loss", "Δ final train loss"),
+)
+# The quantities a claim is checked on: (key, RunRecord.value field, in words).
+CLAIM_QUANTITIES: tuple[tuple[str, str, str], ...] = (
+    ("val_f1", "best_val_f1", "max val F1"),
+    ("final_model_f1", "final_model_f1", "final model F1, scored again"),
 )
 
 
@@ -123,7 +131,7 @@ def table1(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
             "seeds": [run.seed for run in group],
         }
         for key, field, _, _ in TABLE_ROWS:
-            values = [run.summary[field] for run in group if is_number(run.summary.get(field))]
+            values = [value for run in group if (value := run.value(field)) is not None]
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
             row[f"{key}_n"] = len(values)
         rows.append(row)
@@ -133,12 +141,12 @@ def table1(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
 def compare_to_baseline(
     runs: Sequence[RunRecord], baseline: str = "baseline", confidence: float = 0.95
 ) -> list[dict[str, Any]]:
-    """Per method, the seed-paired difference (method - baseline) of max val F1 and final train loss.
+    """Per method, the seed-paired difference (method - baseline) of each :data:`COMPARED` quantity.
 
-    Pairing by seed removes the seed-to-seed variance both share. For each quantity q in
-    ``val_f1``/``train_loss``: ``{q}_diff_mean``, ``{q}_diff_std`` and the t-interval
-    ``{q}_diff_ci_low``/``{q}_diff_ci_high`` (None for fewer than two pairs). Empty if there
-    is no baseline run.
+    Pairing by seed removes the seed-to-seed variance both share. For each quantity q:
+    ``{q}_diff_mean``, ``{q}_diff_std`` and the t-interval ``{q}_diff_ci_low``/``{q}_diff_ci_high``
+    (None for fewer than two pairs; the mean None where no pair has q, e.g. no final-evaluation.json).
+    Empty if there is no baseline run.
     """
     groups = by_method(runs)
     if baseline not in groups:
@@ -158,21 +166,30 @@ def compare_to_baseline(
             "unpaired_seeds": [run.seed for run in group if run.seed not in base],
             "confidence": confidence,
         }
-        for key, field, _ in COMPARED:
-            diffs = [run.summary[field] - ref.summary[field] for run, ref in paired]
-            mean, std = mean_std(diffs)
-            half = None
-            if std is not None:
-                half = t_quantile(0.5 + confidence / 2, len(diffs) - 1) * std / math.sqrt(len(diffs))
-            row[f"{key}_diff_mean"], row[f"{key}_diff_std"] = mean, std
-            row[f"{key}_diff_ci_low"] = None if half is None else mean - half
-            row[f"{key}_diff_ci_high"] = None if half is None else mean + half
+        for key, field in {key: field for key, field, _ in COMPARED + CLAIM_QUANTITIES}.items():
+            row.update(paired_difference(paired, field, key, confidence))
         rows.append(row)
     return rows
 
 
-def check_claim(claim: Claim, runs: Sequence[RunRecord], confidence: float = 0.95) -> dict[str, Any]:
-    """The seed-paired difference (method - reference) of max val F1 behind ``claim``, and a verdict.
+def paired_difference(paired: Sequence[tuple[RunRecord, RunRecord]], field: str, key: str,
+                      confidence: float = 0.95) -> dict[str, Any]:
+    """Mean, std, t-interval and count of ``field`` (:meth:`RunRecord.value`) of run - reference over the pairs
+    where both have it: ``{key}_diff_mean``, ``_diff_std``, ``_diff_ci_low``, ``_diff_ci_high``, ``_diff_n``."""
+    diffs = [a - b for run, ref in paired if (a := run.value(field)) is not None and (b := ref.value(field)) is not None]
+    mean, std = mean_std(diffs)
+    half = None
+    if std is not None:
+        half = t_quantile(0.5 + confidence / 2, len(diffs) - 1) * std / math.sqrt(len(diffs))
+    return {f"{key}_diff_mean": mean, f"{key}_diff_std": std, f"{key}_diff_n": len(diffs),
+            f"{key}_diff_ci_low": None if half is None else mean - half,
+            f"{key}_diff_ci_high": None if half is None else mean + half}
+
+
+def check_claim(claim: Claim, runs: Sequence[RunRecord], confidence: float = 0.95, quantity: str = "val_f1"
+                ) -> dict[str, Any]:
+    """The seed-paired difference (method - reference) behind ``claim`` in a :data:`CLAIM_QUANTITIES` key
+    (the paper's max val F1 by default), and a verdict.
 
     With an interval: ``better`` holds when it lies above 0 and is contradicted below 0;
     ``not better`` holds below 0, is contradicted above 0 and otherwise "not contradicted";
@@ -183,10 +200,10 @@ def check_claim(claim: Claim, runs: Sequence[RunRecord], confidence: float = 0.9
     """
     row = next((r for r in compare_to_baseline(runs, claim.reference, confidence) if r["method"] == claim.method),
                None)
-    if row is None or row["n"] == 0:
+    if row is None or row[f"{quantity}_diff_n"] == 0:
         return {"n": 0, "mean": None, "low": None, "high": None, "verdict": "not measured (no paired runs)"}
-    mean, low, high = row["val_f1_diff_mean"], row["val_f1_diff_ci_low"], row["val_f1_diff_ci_high"]
-    result = {"n": row["n"], "mean": mean, "low": low, "high": high}
+    mean, low, high = (row[f"{quantity}_diff_{stat}"] for stat in ("mean", "ci_low", "ci_high"))
+    result = {"n": row[f"{quantity}_diff_n"], "mean": mean, "low": low, "high": high}
     if not math.isfinite(mean):
         return {**result, "verdict": "undetermined: a run diverged"}
     if low is None:
@@ -201,6 +218,28 @@ def check_claim(claim: Claim, runs: Sequence[RunRecord], confidence: float = 0.9
     else:
         verdict = "contradicted: different" if above or below else "not contradicted: the interval contains 0"
     return {**result, "verdict": verdict}
+
+
+def per_class_f1(runs: Sequence[RunRecord], baseline: str = "baseline", confidence: float = 0.95
+                 ) -> tuple[list[str], list[dict[str, Any]]]:
+    """The final models' per-class F1 (from final-evaluation.json; runs without it are left out): the
+    classes, and per method ``n`` and for each class c ``{c}_mean``/``{c}_std`` over seeds and, for
+    methods other than ``baseline``, the seed-paired difference to it (:func:`paired_difference`, key c)."""
+    scored = [run for run in runs if run.final is not None]
+    classes = list(dict.fromkeys(name for run in scored for name in run.final["f1"]))
+    groups = by_method(scored)
+    reference = {run.seed: run for run in groups.get(baseline, [])}
+    rows = []
+    for method, group in groups.items():
+        row: dict[str, Any] = {"method": method, "label": method_info(method).label, "n": len(group)}
+        paired = [(run, reference[run.seed]) for run in group if run.seed in reference]
+        for name in classes:
+            field = f"{FINAL_MODEL}f1_{name}"
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_std([v for run in group if (v := run.value(field)) is not None])
+            if method != baseline:
+                row.update(paired_difference(paired, field, name, confidence))
+        rows.append(row)
+    return classes, rows
 
 
 def _stretches(on: np.ndarray) -> list[int]:

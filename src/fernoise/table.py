@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from fernoise.io import PathLike, write_text_atomic
 from fernoise.runs import RunRecord
-from fernoise.stats import COMPARED, PAPER_CLAIMS, TABLE_ROWS, check_claim, mean_std
+from fernoise.stats import CLAIM_QUANTITIES, COMPARED, PAPER_CLAIMS, TABLE_ROWS, check_claim, mean_std
 
 
 def _cell(mean: float | None, std: float | None, n: int, fmt: str) -> str:
@@ -62,18 +62,25 @@ def write_table1_csv(rows: Sequence[Mapping[str, Any]], path: PathLike) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
+def _difference_cells(row: Mapping[str, Any], key: str, spread: bool = True) -> list[str]:
+    """``mean ± std`` (or the mean alone) and ``[low, high]`` of a paired difference."""
+    mean, std = row[f"{key}_diff_mean"], row[f"{key}_diff_std"]
+    low, high = row[f"{key}_diff_ci_low"], row[f"{key}_diff_ci_high"]
+    shown = "—" if mean is None else f"{mean:+.4f}" + ("" if std is None or not spread else f" ± {std:.4f}")
+    return [shown, "n/a" if low is None else f"[{low:+.4f}, {high:+.4f}]"]
+
+
 def comparison_markdown(rows: Sequence[Mapping[str, Any]], baseline_label: str) -> str:
+    """The paired differences; a quantity no pair has (final models not scored again) is left out."""
     level = f"{rows[0]['confidence']:.0%}" if rows else "95%"
+    compared = [(key, title) for key, _, title in COMPARED if any(row[f"{key}_diff_n"] for row in rows)]
     header = "| Method | paired seeds | "
-    header += " | ".join(f"{title} (mean ± std) | {level} CI" for _, _, title in COMPARED)
-    lines = [header + " |", "|---|---|" + "---|---|" * len(COMPARED)]
+    header += " | ".join(f"{title} (mean ± std) | {level} CI" for _, title in compared)
+    lines = [header + " |", "|---|---|" + "---|---|" * len(compared)]
     for row in rows:
         cells = [row["label"], str(row["n"])]
-        for key, _, _ in COMPARED:
-            mean, std = row[f"{key}_diff_mean"], row[f"{key}_diff_std"]
-            cells.append("—" if mean is None else f"{mean:+.4f}" + ("" if std is None else f" ± {std:.4f}"))
-            low, high = row[f"{key}_diff_ci_low"], row[f"{key}_diff_ci_high"]
-            cells.append("n/a" if low is None else f"[{low:+.4f}, {high:+.4f}]")
+        for key, _ in compared:
+            cells += _difference_cells(row, key)
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
         f"Δ = method − {baseline_label}, paired by seed; positive Δ F1 is better, negative Δ loss is a lower "
@@ -88,13 +95,41 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]], baseline_label: str) 
 
 
 def claims_markdown(runs: Sequence[RunRecord], confidence: float = 0.95) -> str:
-    lines = [f"| The paper's claim | Δ max val F1 (method − reference) | {confidence:.0%} CI | paired seeds | verdict |",
-             "|---|---|---|---|---|"]
+    """Each paper claim checked on max val F1 and, where final models were scored again, on those too."""
+    quantities = [(key, words) for key, field, words in CLAIM_QUANTITIES
+                  if key == "val_f1" or any(run.value(field) is not None for run in runs)]
+    header = "| The paper's claim | " + " | ".join(
+        f"Δ {words} (method − reference) | {confidence:.0%} CI | paired seeds | verdict" for _, words in quantities)
+    lines = [header + " |", "|---|" + "---|---|---|---|" * len(quantities)]
     for claim in PAPER_CLAIMS:
-        c = check_claim(claim, runs, confidence)
-        mean = "—" if c["mean"] is None else f"{c['mean']:+.4f}"
-        interval = "n/a" if c["low"] is None else f"[{c['low']:+.4f}, {c['high']:+.4f}]"
-        lines.append(f"| {claim.text} | {mean} | {interval} | {c['n']} | {c['verdict']} |")
-    return ("Each claim as a seed-paired difference in max validation macro-F1 with a t interval. A verdict "
+        cells = [claim.text]
+        for key, _ in quantities:
+            c = check_claim(claim, runs, confidence, key)
+            cells += ["—" if c["mean"] is None else f"{c['mean']:+.4f}",
+                      "n/a" if c["low"] is None else f"[{c['low']:+.4f}, {c['high']:+.4f}]", str(c["n"]), c["verdict"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return ("Each claim as a seed-paired difference in validation macro-F1 with a t interval. A verdict "
             "holds or is contradicted only when the interval says so; with few seeds most intervals are wide, "
             "so \"not shown\" is a common and honest outcome.\n\n" + "\n".join(lines))
+
+
+def per_class_markdown(classes: Sequence[str], rows: Sequence[Mapping[str, Any]], baseline_label: str,
+                       confidence: float = 0.95) -> str:
+    """The final models' per-class F1 per method (:func:`fernoise.stats.per_class_f1`), then each method's
+    seed-paired difference to the baseline per class with its interval."""
+    lines = ["| Method | seeds | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
+    for row in rows:
+        cells = [_cell(row[f"{name}_mean"], row[f"{name}_std"], row["n"], ".3f").removesuffix(f" (n={row['n']})")
+                 for name in classes]
+        lines.append(f"| {row['label']} | {row['n']} | " + " | ".join(cells) + " |")
+    text = "Mean ± sample std over seeds.\n\n" + "\n".join(lines)
+    compared = [row for row in rows if f"{classes[0]}_diff_n" in row] if classes else []
+    if compared:
+        lines = [f"| Method − {baseline_label} | paired seeds | " + " | ".join(classes) + " |",
+                 "|---|---|" + "---|" * len(classes)]
+        for row in compared:
+            cells = [" ".join(_difference_cells(row, name, spread=False)) for name in classes]
+            lines.append(f"| {row['label']} | {row[f'{classes[0]}_diff_n']} | " + " | ".join(cells) + " |")
+        text += (f"\n\nSeed-paired difference in per-class F1 to {baseline_label}, with its {confidence:.0%} "
+                 "t interval (n/a for a single pair).\n\n" + "\n".join(lines))
+    return text
