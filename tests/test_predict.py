@@ -149,6 +149,29 @@ def test_predict_faces_gives_the_models_probabilities(cropped):
         assert sum(face.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_tta_averages_six_views_so_a_face_and_its_mirror_image_score_alike(checkpoint):
+    from fernoise.evaluate import zoomed
+
+    plain = Predictor.from_checkpoint(checkpoint, detector="none")
+    tta = Predictor.from_checkpoint(checkpoint, detector="none", tta=True)
+    faces = synthetic_faces(4, size=48, channels=1)
+    inputs = normalize(torch.from_numpy(faces).permute(0, 3, 1, 2), SPEC["mean"], SPEC["std"])
+    black = torch.full((1, 1, 1), (0.0 - SPEC["mean"][0]) / SPEC["std"][0])
+    views = [inputs, inputs.flip(3)]
+    views += [zoomed(view, field, black) for view in views for field in (0.9, 1.1)]
+    with torch.no_grad():
+        expected = torch.stack([plain.model(view).softmax(1) for view in views]).mean(0)
+        one_view = plain.model(inputs).softmax(1)
+    assert (expected - one_view).abs().max() > 1e-3  # the views change the answer, so the test can fail
+    six = tta.predict_faces(list(faces[..., 0]))
+    six_mirrored = tta.predict_faces([face[:, ::-1, 0].copy() for face in faces])
+    for face, mirrored, probs in zip(six, six_mirrored, expected):
+        assert [face.probabilities[c] for c in CLASSES] == pytest.approx(probs.tolist(), abs=1e-5)
+        # the six views of the mirror image are the face's six views
+        assert [mirrored.probabilities[c] for c in CLASSES] == pytest.approx(probs.tolist(), abs=1e-5)
+        assert face.label == CLASSES[int(probs.argmax())]
+
+
 def test_predictor_leaves_the_callers_model_as_it_was():
     from fernoise.models import build_model
 

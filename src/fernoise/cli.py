@@ -264,8 +264,9 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--margin", type=float, default=None, metavar="F",
                    help="crop each face box grown by F of its size on each side, upright, instead of the default "
                    "FER2013 framing (see docs/PREDICT.md)")
-    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH,
-                   help=f"faces classified at once (default {DEFAULT_BATCH})")
+    p.add_argument("--tta", action="store_true", help="six views of each face averaged (mirror image, zoomed in and "
+                   "out by 10%%): more accurate (docs/MODEL.md), six times the compute")
+    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH, help=f"faces at once (default {DEFAULT_BATCH})")
     p.add_argument("--device", default="auto", choices=CHOICES["device"], help="device (default auto)")
     p.add_argument("--engine", default="torch", choices=["torch", "onnx"],
                    help="run the network in PyTorch (default) or in ONNX Runtime on the CPU (faster; needs fernoise[onnx])")
@@ -502,7 +503,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not args.inputs:
         args.usage_error("no INPUT given: fernoise predict [--model PATH] IMAGE|FOLDER|VIDEO...")
     predictor = Predictor.from_checkpoint(model, device=resolve_device(args.device), detector=args.detector,
-                                          margin=args.margin, batch_size=args.batch_size, engine=args.engine)
+                                          margin=args.margin, batch_size=args.batch_size, engine=args.engine,
+                                          tta=args.tta)
     copies = AnnotatedCopies(args.annotate, args.inputs, args.every) if args.annotate else None
     records: list[Prediction] = []
     try:
@@ -520,8 +522,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for record in failed:
         print(f"fernoise: error: {record.error}", file=sys.stderr)
     if args.json:
-        report = {"checkpoint": model, "classes": predictor.classes,
-                  "results": [r.to_dict() for r in records]}
+        report = {"checkpoint": model, "classes": predictor.classes, "tta": args.tta, "results": [r.to_dict() for r in records]}
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     done = [r for r in records if r.error is None]
     frames = sum(r.frame is not None for r in done)
@@ -559,11 +560,9 @@ def _cmd_models(args: argparse.Namespace) -> int:  # noqa: ARG001 - every comman
     return 0
 
 
-COMMANDS = {
-    "prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate, "reproduce": _cmd_reproduce,
-    "report": _cmd_report, "trace-autorelu": _cmd_trace_autorelu, "predict": _cmd_predict, "export": _cmd_export,
-    "models": _cmd_models,
-}
+COMMANDS = {"prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate, "reproduce": _cmd_reproduce,
+            "report": _cmd_report, "trace-autorelu": _cmd_trace_autorelu, "predict": _cmd_predict,
+            "export": _cmd_export, "models": _cmd_models}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
