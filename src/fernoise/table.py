@@ -123,7 +123,7 @@ def per_class_markdown(classes: Sequence[str], rows: Sequence[Mapping[str, Any]]
                  for name in classes]
         lines.append(f"| {row['label']} | {row['n']} | " + " | ".join(cells) + " |")
     text = "Mean ± sample std over seeds.\n\n" + "\n".join(lines)
-    compared = [row for row in rows if f"{classes[0]}_diff_n" in row] if classes else []
+    compared = [row for row in rows if row.get(f"{classes[0]}_diff_n")] if classes else []  # methods with pairs
     if compared:
         lines = [f"| Method − {baseline_label} | paired seeds | " + " | ".join(classes) + " |",
                  "|---|---|" + "---|" * len(classes)]
