@@ -604,3 +604,43 @@ def test_curves_join_the_validated_epochs_of_a_run_that_skips_some(tmp_path: Pat
     assert baseline == ([2.0, 4.0, 6.0], pytest.approx([0.3, 0.4, 0.5]))  # one line, no NaN gaps
     assert next(v for k, v in drawn.items() if "n=1" in k)[0] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert (tmp_path / "pair.png").stat().st_size > 0
+
+
+def _write_final(run: Path, macro_f1: float, fear: float) -> None:
+    f1 = {"neutral": 0.6, "happy": 0.8, "fear": fear}
+    (run / "final-evaluation.json").write_text(json.dumps({
+        "macro_f1": macro_f1, "accuracy": macro_f1 + 0.05, "f1": f1, "views": {"flip": True, "shift": 0, "zoom": 0.1}}))
+
+
+def test_final_models_scored_again_get_rows_claims_and_per_class_f1(tmp_path: Path):
+    from fernoise.stats import per_class_f1
+
+    root = tmp_path / "runs"
+    for seed, (base, gain) in enumerate([(0.60, 0.020), (0.62, 0.030), (0.58, 0.025)]):
+        _write_final(make_run(root, "baseline", seed), base, 0.50 + seed / 100)
+        _write_final(make_run(root, "periodic", seed), base + gain, 0.40 + seed / 100)
+        make_run(root, "dynamic", seed, autorelu=True)  # small files from before final scoring: none
+    runs = load_runs([root])
+    claim = next(c for c in PAPER_CLAIMS if c.method == "periodic")
+    final = check_claim(claim, runs, quantity="final_model_f1")
+    assert final["n"] == 3 and final["mean"] == pytest.approx(0.025) and final["verdict"] == "holds"
+    assert check_claim(next(c for c in PAPER_CLAIMS if c.method == "dynamic"), runs,
+                       quantity="final_model_f1")["verdict"] == "not measured (no paired runs)"
+    classes, rows = per_class_f1(runs)
+    periodic = next(row for row in rows if row["method"] == "periodic")
+    assert classes == ["neutral", "happy", "fear"] and [row["method"] for row in rows] == ["baseline", "periodic"]
+    assert periodic["fear_mean"] == pytest.approx(0.41) and periodic["fear_diff_mean"] == pytest.approx(-0.10)
+    assert periodic["fear_diff_ci_low"] == pytest.approx(-0.10) and periodic["happy_diff_n"] == 3
+    report = write_report(runs, tmp_path / "out", "cmd", "data").read_text()
+    assert "| Final model macro-F1, scored again | 0.6000 ± 0.0200 (n=3) | 0.6250 ± 0.0229 (n=3) | — |" in report
+    assert "6 views (the face, its mirror image, zoomed by ±0.1)" in report
+    assert "Not scored again (no checkpoint where the report was made): +Dynamic seed 0, +Dynamic seed 1" in report
+    assert "| +Periodic | 3 | +0.0000 [+0.0000, +0.0000] | +0.0000 [+0.0000, +0.0000] | -0.1000 [-0.1000, -0.1000] |" \
+        in report
+
+
+def test_a_final_evaluation_without_per_class_f1_is_named(tmp_path: Path):
+    run = make_run(tmp_path, "baseline", 0)
+    (run / "final-evaluation.json").write_text(json.dumps({"macro_f1": 0.5, "accuracy": 0.6}))
+    with pytest.raises(RunFormatError, match=r"final-evaluation.json: 'f1' \(per-class F1"):
+        load_run(run)
