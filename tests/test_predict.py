@@ -331,6 +331,22 @@ def test_cli_annotates_images_and_videos_without_name_collisions(tmp_path, check
     assert [(r.get("frame"), r.get("time")) for r in records] == [(None, None), (None, None), (0, 0.0), (2, 0.2), (4, 0.4)]
 
 
+def test_cli_tta_on_onnx_runtime_gives_the_torch_six_view_probabilities(tmp_path, checkpoint, capsys):
+    pytest.importorskip("onnxruntime")
+    face = synthetic_faces(1, size=48, channels=1)[0, ..., 0]
+    Image.fromarray(face).save(tmp_path / "face.png")
+    code = main(["predict", "--model", str(checkpoint), str(tmp_path / "face.png"), "--detector", "none", "--tta",
+                 "--engine", "onnx", "--json", str(tmp_path / "r.json"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    written = json.loads((tmp_path / "r.json").read_text())
+    expected = Predictor.from_checkpoint(checkpoint, detector="none", tta=True).predict_faces([face])[0]
+    one_view = Predictor.from_checkpoint(checkpoint, detector="none").predict_faces([face])[0]
+    probabilities = written["results"][0]["faces"][0]["probabilities"]
+    assert written["tta"] is True
+    assert [probabilities[c] for c in CLASSES] == pytest.approx([expected.probabilities[c] for c in CLASSES], abs=1e-4)
+    assert max(abs(probabilities[c] - one_view.probabilities[c]) for c in CLASSES) > 1e-3
+
+
 def test_predict_paths_validates_every(cropped):
     with pytest.raises(PredictError, match="every"):
         list(cropped.predict_paths(["x.png"], every=0))
