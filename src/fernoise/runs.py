@@ -148,32 +148,25 @@ def _read_metrics(path: Path, columns: Sequence[str] = REQUIRED_METRICS, key: st
     return {name: table[:, i] for i, name in enumerate(header)}
 
 
-def _read_summary(path: Path) -> dict[str, Any]:
+def _read_json_numbers(path: Path, keys: Sequence[str]) -> dict[str, Any]:
+    """A JSON object whose ``keys`` must be numbers; errors name the file (and line)."""
     try:
-        summary = json.loads(_read_text(path))
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise RunFormatError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-    if not isinstance(summary, dict):
+    if not isinstance(data, dict):
         raise RunFormatError(f"{path}: expected a JSON object")
-    for key in SUMMARY_KEYS:
-        if not is_number(summary.get(key)):
+    for key in keys:
+        if not is_number(data.get(key)):
             raise RunFormatError(f"{path}: '{key}' missing or not a number")
-    return summary
+    return data
 
 
 def _read_final_evaluation(path: Path) -> dict[str, Any] | None:
     """final-evaluation.json, checked for the numbers a report takes from it; None when absent."""
     if not path.is_file():
         return None
-    try:
-        final = json.loads(_read_text(path))
-    except json.JSONDecodeError as exc:
-        raise RunFormatError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-    if not isinstance(final, dict):
-        raise RunFormatError(f"{path}: expected a JSON object")
-    for key in ("macro_f1", "accuracy"):
-        if not is_number(final.get(key)):
-            raise RunFormatError(f"{path}: '{key}' missing or not a number")
+    final = _read_json_numbers(path, ("macro_f1", "accuracy"))
     if not isinstance(final.get("f1"), dict):
         raise RunFormatError(f"{path}: 'f1' (per-class F1 by class name) missing")
     return final
@@ -201,7 +194,7 @@ def load_run(run_dir: PathLike) -> RunRecord:
         method=method_key(config),
         seed=config["seed"],
         metrics=_read_metrics(path / "metrics.csv"),
-        summary=_read_summary(path / "summary.json"),
+        summary=_read_json_numbers(path / "summary.json", SUMMARY_KEYS),
         config={**PREDATED, **config},  # a key the run predates: what it did then
         trace=read_trace(trace_path) if trace_path.is_file() else None,
         final=_read_final_evaluation(path / FINAL_EVALUATION_FILE),
