@@ -73,6 +73,11 @@ def tta_views(inputs: torch.Tensor, flip: bool, shift: int, fill: torch.Tensor, 
     return views
 
 
+def views_record(flip: bool, shift: int, zoom: float) -> dict[str, Any]:
+    """The test-time views of a scoring as its JSON records them (``views``)."""
+    return {"flip": bool(flip), "shift": int(shift), "zoom": float(zoom)}
+
+
 @torch.no_grad()
 def predict_arrays(
     model: nn.Module,
@@ -256,7 +261,7 @@ def score_checkpoint(
         seed=config.get("seed"),
         epoch=checkpoint.get("epoch"),
         bn_recalibrated=recalibrated,
-        views={"flip": bool(tta_flip), "shift": int(tta_shift), "zoom": float(tta_zoom)},
+        views=views_record(tta_flip, tta_shift, tta_zoom),
     )
     scores["selection"] = "; ".join(filter(None, [scores["chosen"], f"scored {scores['n']}, {left_out}", recalibrated]))
     return scores

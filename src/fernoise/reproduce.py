@@ -20,7 +20,7 @@ import yaml
 
 from fernoise.checkpoint import load_checkpoint
 from fernoise.config import METHODS, PAPER_METHODS, SPEED_ONLY, ConfigError, TrainConfig, config_changes, resolve_config
-from fernoise.evaluate import score_checkpoint, write_evaluation
+from fernoise.evaluate import score_checkpoint, views_record, write_evaluation
 from fernoise.io import PathLike
 from fernoise.reports import describe_runs, format_duration, write_report
 from fernoise.runfiles import FINAL_EVALUATION_FILE
@@ -116,19 +116,15 @@ def ensure_run(cfg: TrainConfig, run_dir: Path, quiet: bool, log: Callable[[str]
         score_final_model(cfg, run_dir, final_tta_zoom, quiet, log)
 
 
-def final_views(cfg: TrainConfig, zoom: float) -> dict[str, Any]:
-    """The test-time views of a final scoring, as ``evaluate`` records them: the run's flip and shift, ``zoom``."""
-    return {"flip": bool(cfg.tta_flip), "shift": int(cfg.tta_shift), "zoom": float(zoom)}
-
-
 def score_final_model(cfg: TrainConfig, run_dir: Path, zoom: float, quiet: bool, log: Callable[[str], None]) -> None:
     """Score a finished run's final weights (``checkpoints/last.pt``) on its whole validation split with
-    :func:`final_views`, BatchNorm re-estimated as the run's own validation did, into ``final-evaluation.json``.
+    the run's flip and shift views plus zoomed ones (``zoom``), BatchNorm re-estimated as the run's own
+    validation did, into ``final-evaluation.json``.
 
     Kept when that file already holds these views; a run whose checkpoint is not on this machine (its
     small files came from another) is named in the log and left unscored.
     """
-    path, views = run_dir / FINAL_EVALUATION_FILE, final_views(cfg, zoom)
+    path, views = run_dir / FINAL_EVALUATION_FILE, views_record(cfg.tta_flip, cfg.tta_shift, zoom)
     if path.is_file():
         try:
             if json.loads(path.read_text(encoding="utf-8")).get("views") == views:

@@ -139,9 +139,11 @@ def table1(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
 
 
 def compare_to_baseline(
-    runs: Sequence[RunRecord], baseline: str = "baseline", confidence: float = 0.95
+    runs: Sequence[RunRecord], baseline: str = "baseline", confidence: float = 0.95,
+    fields: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per method, the seed-paired difference (method - baseline) of each :data:`COMPARED` quantity.
+    """Per method, the seed-paired difference (method - baseline) of each :data:`COMPARED` and
+    :data:`CLAIM_QUANTITIES` quantity, or of ``fields`` (key: :meth:`RunRecord.value` field) when given.
 
     Pairing by seed removes the seed-to-seed variance both share. For each quantity q:
     ``{q}_diff_mean``, ``{q}_diff_std`` and the t-interval ``{q}_diff_ci_low``/``{q}_diff_ci_high``
@@ -166,10 +168,15 @@ def compare_to_baseline(
             "unpaired_seeds": [run.seed for run in group if run.seed not in base],
             "confidence": confidence,
         }
-        for key, field in {key: field for key, field, _ in COMPARED + CLAIM_QUANTITIES}.items():
+        if fields is None:
+            fields = {key: field for key, field, _ in COMPARED + CLAIM_QUANTITIES}
+        for key, field in fields.items():
             row.update(paired_difference(paired, field, key, confidence))
         rows.append(row)
     return rows
+
+
+DIFFERENCE_KEYS = ("_diff_mean", "_diff_std", "_diff_n", "_diff_ci_low", "_diff_ci_high")
 
 
 def paired_difference(paired: Sequence[tuple[RunRecord, RunRecord]], field: str, key: str,
@@ -227,17 +234,14 @@ def per_class_f1(runs: Sequence[RunRecord], baseline: str = "baseline", confiden
     methods other than ``baseline``, the seed-paired difference to it (:func:`paired_difference`, key c)."""
     scored = [run for run in runs if run.final is not None]
     classes = list(dict.fromkeys(name for run in scored for name in run.final["f1"]))
-    groups = by_method(scored)
-    reference = {run.seed: run for run in groups.get(baseline, [])}
+    fields = {name: f"{FINAL_MODEL}f1_{name}" for name in classes}
+    differences = {row["method"]: row for row in compare_to_baseline(scored, baseline, confidence, fields)}
     rows = []
-    for method, group in groups.items():
+    for method, group in by_method(scored).items():
         row: dict[str, Any] = {"method": method, "label": method_info(method).label, "n": len(group)}
-        paired = [(run, reference[run.seed]) for run in group if run.seed in reference]
-        for name in classes:
-            field = f"{FINAL_MODEL}f1_{name}"
+        for name, field in fields.items():
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std([v for run in group if (v := run.value(field)) is not None])
-            if method != baseline:
-                row.update(paired_difference(paired, field, name, confidence))
+        row.update({k: v for k, v in differences.get(method, {}).items() if k.endswith(DIFFERENCE_KEYS)})
         rows.append(row)
     return classes, rows
 
