@@ -26,6 +26,7 @@ from fernoise.config import resolve_run_config
 from fernoise.data import Augmenter, iterate_batches
 from fernoise.evaluate import evaluate_arrays, scores_from_logits
 from fernoise.train import prepare_data
+from fernoise.views import Views
 
 
 def crops(inputs: torch.Tensor, side: int, ten: bool) -> list[torch.Tensor]:
@@ -61,12 +62,12 @@ def score_views(run: Path, shift: int, zoom: float, crop: int | None) -> list[di
     rows = []
     for name, state_dict in weights.items():
         model = model_from_checkpoint({**state, "state_dict": state_dict}, run)
-        sets = {"1": (False, 0, 0.0), "flip (2)": (True, 0, 0.0), f"flip + zoom {zoom:g} (6)": (True, 0, zoom),
-                f"flip + shift {shift} (10)": (True, shift, 0.0)}
-        for views, (flip, moves, zooms) in sets.items():
+        sets = {"1": Views(), "flip (2)": Views(flip=True), f"flip + zoom {zoom:g} (6)": Views(flip=True, zoom=zoom),
+                f"flip + shift {shift} (10)": Views(flip=True, shift=shift)}
+        for views, chosen in sets.items():
             start = time.perf_counter()
             scores = evaluate_arrays(model, data.val_images, data.val_labels, len(state["classes"]), augment,
-                                     torch.device("cpu"), cfg.eval_batch_size, flip, tta_shift=moves, tta_zoom=zooms)
+                                     torch.device("cpu"), cfg.eval_batch_size, chosen)
             rows.append(_row(run, name, views, scores, start))
         for views, ten in ({f"centre {crop} + flip (2)": False, f"ten crops of {crop} (10)": True}.items() if crop else ()):
             start = time.perf_counter()

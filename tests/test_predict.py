@@ -150,7 +150,7 @@ def test_predict_faces_gives_the_models_probabilities(cropped):
 
 
 def test_tta_averages_six_views_so_a_face_and_its_mirror_image_score_alike(checkpoint):
-    from fernoise.evaluate import zoomed
+    from fernoise.views import zoomed
 
     plain = Predictor.from_checkpoint(checkpoint, detector="none")
     tta = Predictor.from_checkpoint(checkpoint, detector="none", tta=True)

@@ -1,4 +1,4 @@
-"""The fast-recipe options: schedule, Nesterov, weight average, test-time views, network shape, precision."""
+"""The fast-recipe options: schedule, Nesterov, weight average, network shape, precision."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +11,7 @@ import fernoise.step as step_module
 from fernoise.checkpoint import load_checkpoint, model_from_checkpoint
 from fernoise.config import METHODS, ConfigError, TrainConfig, preset_path, resolve_config
 from fernoise.data import Augmenter
-from fernoise.evaluate import predict_arrays, shifted, tta_views, zoomed
+from fernoise.evaluate import predict_arrays
 from fernoise.models import build_model
 from fernoise.step import resolve_precision
 from fernoise.optim import onecycle_factor
@@ -126,53 +126,6 @@ def test_resume_with_onecycle_and_weight_average_equals_an_uninterrupted_run(tmp
     for key in ("state_dict", "train_state_dict"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert a["ema_updates"] == b["ema_updates"] == 9
-
-
-def test_test_time_views_are_the_ones_named():
-    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
-    fill = torch.full((1, 1, 1), -9.0)
-    assert len(tta_views(x, False, 0, fill)) == 1 and len(tta_views(x, True, 0, fill)) == 2
-    views = tta_views(x, True, 1, fill)
-    assert len(views) == 10 and len(tta_views(x, False, 1, fill)) == 5
-    assert torch.equal(views[1], x.flip(3))
-    right = shifted(x, 1, 0, fill)  # moved one pixel right: the left column is uncovered
-    assert torch.equal(right[:, :, :, 1:], x[:, :, :, :-1]) and (right[:, :, :, 0] == -9).all()
-    down = shifted(x, 0, -1, fill)  # dy -1: moved up, the bottom row uncovered
-    assert torch.equal(down[:, :, :-1], x[:, :, 1:]) and (down[:, :, -1] == -9).all()
-    assert any(torch.equal(v, shifted(x.flip(3), 0, 1, fill)) for v in views)
-
-
-def test_prediction_averages_the_softmax_of_every_view():
-    torch.manual_seed(0)
-    model = build_model(num_classes=7, in_channels=1, stem="half", width=8).eval()
-    images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 1), dtype=np.uint8)
-    augment = Augmenter("none", 16, 1, (0.5,), (0.25,))
-    got = predict_arrays(model, images, augment, torch.device("cpu"), tta_flip=True, tta_shift=2, tta_zoom=0.1)
-    inputs = augment(torch.from_numpy(images).permute(0, 3, 1, 2), train=False)
-    views = tta_views(inputs, True, 2, augment.normalize_black(), 0.1)
-    assert len(views) == 14
-    with torch.no_grad():
-        expected = torch.stack([model(v).softmax(1) for v in views]).mean(0).log()
-    assert torch.allclose(got, expected, atol=1e-6)
-    plain = predict_arrays(model, images, augment, torch.device("cpu"))
-    assert not torch.allclose(got, plain, atol=1e-3)
-
-
-def test_zoomed_views_bring_the_centre_closer_or_show_a_black_border():
-    x = torch.zeros(2, 1, 8, 8)
-    x[..., 2:6, 2:6] = 1.0  # a bright 4x4 centre
-    fill = torch.full((1, 1, 1), -1.0)
-    assert torch.allclose(zoomed(x, 1.0, fill), x, atol=1e-6)
-    closer = zoomed(x, 0.5, fill)  # half the field of view: the centre fills all but the outermost ring
-    assert torch.allclose(closer[..., 1:7, 1:7], torch.ones(2, 1, 6, 6), atol=1e-6) and closer.mean() > x.mean()
-    farther = zoomed(x, 2.0, fill)  # twice the field: the centre shrinks to 2x2, the border is black
-    assert torch.allclose(farther[..., 3:5, 3:5], torch.ones(2, 1, 2, 2), atol=1e-6)
-    assert (farther[..., 0, :] == -1).all() and (farther[..., :, 0] == -1).all()
-    views = tta_views(x, True, 0, fill, 0.1)
-    assert len(views) == 6 and len(tta_views(x, False, 0, fill, 0.1)) == 3 and len(tta_views(x, True, 1, fill, 0.1)) == 14
-    assert torch.equal(views[2], zoomed(x, 0.9, fill)) and torch.equal(views[5], zoomed(x.flip(3), 1.1, fill))
-    with pytest.raises(ConfigError, match="tta_zoom"):
-        TrainConfig(tta_zoom=1.0)
 
 
 def test_val_every_validates_every_nth_epoch_and_the_last_and_resumes(tmp_path, one_thread):

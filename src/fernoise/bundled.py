@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from fernoise.io import PathLike
+from fernoise.views import Views
 
 __all__ = ["BUNDLED_NAME", "BUNDLED_MODEL", "bundled_model_path", "model_info", "LIMITS"]
 
@@ -121,25 +122,17 @@ def _training(checkpoint: dict[str, Any], card: dict[str, Any], config: dict[str
     return lines
 
 
-def _views(config: dict[str, Any]) -> str:
-    views = ["flipped" if config.get("tta_flip") else "",
-             f"zoomed in and out by {config['tta_zoom']:g}" if config.get("tta_zoom") else "",
-             f"shifted {config['tta_shift']} px" if config.get("tta_shift") else ""]
-    views = [v for v in views if v]
-    return f"with test-time views ({' and '.join(views)})" if views else "one view per face"
-
-
 def _scores(checkpoint: dict[str, Any], card: dict[str, Any], config: dict[str, Any]) -> list[str]:
     lines = []
     final, best = card.get("final"), checkpoint.get("best")
     if isinstance(final, dict) and "val_f1" in final:
-        lines.append(f"recorded in training, final epoch {final.get('epoch')}, validation split, {_views(config)}: "
+        lines.append(f"recorded in training, final epoch {final.get('epoch')}, validation split, {Views.of(config).words()}: "
                      f"macro-F1 {final['val_f1']:.4f}, accuracy {final.get('val_acc', float('nan')):.4f}")
     elif isinstance(best, dict) and "val_f1" in best:
         held = checkpoint.get("epoch")
         which = "this file's epoch" if held == best.get("epoch") else f"not this file's epoch {held}"
         lines.append(f"recorded in training: best validation macro-F1 {best['val_f1']:.4f} at epoch {best.get('epoch')} "
-                     f"({which}; {_views(config)})")
+                     f"({which}; {Views.of(config).words()})")
     evaluation = card.get("evaluation")
     if isinstance(evaluation, dict) and "macro_f1" in evaluation:
         lines += _evaluation_lines(evaluation)

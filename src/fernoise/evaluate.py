@@ -35,47 +35,7 @@ from fernoise.io import PathLike, write_text_atomic
 from fernoise.metrics import classification_scores
 from fernoise.runs import find_run_dirs, group_by_method, method_key
 from fernoise.table import mean_std_cell
-
-
-def shifted(inputs: torch.Tensor, dx: int, dy: int, fill: torch.Tensor) -> torch.Tensor:
-    """``inputs`` (N, C, H, W) moved ``dx`` pixels right and ``dy`` down; uncovered pixels take ``fill`` (C, 1, 1)."""
-    n, c, h, w = inputs.shape
-    pad = max(abs(dx), abs(dy))
-    canvas = fill.to(inputs.dtype).expand(n, c, h + 2 * pad, w + 2 * pad).clone()
-    canvas[:, :, pad:pad + h, pad:pad + w] = inputs
-    return canvas[:, :, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
-
-
-def zoomed(inputs: torch.Tensor, field: float, fill: torch.Tensor) -> torch.Tensor:
-    """``inputs`` (N, C, H, W) resampled to show ``field`` times the image side (<1 zooms in), about the
-    centre, bilinearly as the training augmentation's zoom; what a zoom-out uncovers takes ``fill`` (C, 1, 1)."""
-    n, c, h, w = inputs.shape
-    theta = torch.tensor([[field, 0.0, 0.0], [0.0, field, 0.0]], dtype=inputs.dtype, device=inputs.device)
-    grid = nn.functional.affine_grid(theta.expand(n, 2, 3), [n, c, h, w], align_corners=False)
-    fill = fill.to(inputs.device, inputs.dtype)
-    return nn.functional.grid_sample(inputs - fill, grid, mode="bilinear", padding_mode="zeros",
-                                     align_corners=False) + fill
-
-
-def tta_views(inputs: torch.Tensor, flip: bool, shift: int, fill: torch.Tensor, zoom: float = 0.0) -> list[torch.Tensor]:
-    """The test-time views of a normalised batch: itself; with ``flip`` its mirror image too; with
-    ``zoom`` each of those also zoomed in and out (fields of view ``1 - zoom`` and ``1 + zoom``, as the
-    ``light`` training augmentation's range ends); with ``shift`` the unzoomed ones also moved ``shift``
-    pixels left, right, up and down (1 or 2 views, times 3 with zoom, plus 4 or 8 with shift).
-    ``fill`` is what the moves uncover: black, as the training augmentation's shifts bring in."""
-    views = [inputs, inputs.flip(3)] if flip else [inputs]
-    plain = list(views)
-    if zoom:
-        views += [zoomed(view, field, fill) for view in plain for field in (1 - zoom, 1 + zoom)]
-    if shift:
-        moves = ((shift, 0), (-shift, 0), (0, shift), (0, -shift))
-        views += [shifted(view, dx, dy, fill) for view in plain for dx, dy in moves]
-    return views
-
-
-def views_record(flip: bool, shift: int, zoom: float) -> dict[str, Any]:
-    """The test-time views of a scoring as its JSON records them (``views``)."""
-    return {"flip": bool(flip), "shift": int(shift), "zoom": float(zoom)}
+from fernoise.views import Views
 
 
 @torch.no_grad()
@@ -85,27 +45,20 @@ def predict_arrays(
     augment: Augmenter,
     device: torch.device,
     batch_size: int = 256,
-    tta_flip: bool = False,
-    *,
-    tta_shift: int = 0,
-    tta_zoom: float = 0.0,
+    views: Views = Views(),
 ) -> torch.Tensor:
     """Logits (on the CPU) for uint8 (N, H, W, C) images, in order, in eval mode.
 
     ``augment`` resizes and converts grey/colour to the model's channels, so images of
-    another data set can be scored as they are. With test-time augmentation (:func:`tta_views`)
-    the logits are the log of the views' mean softmax.
+    another data set can be scored as they are. With more than one test-time view
+    (:class:`~fernoise.views.Views`) the logits are the log of the views' mean softmax.
     """
     model.eval()
     outputs = []
     dummy = np.zeros(len(images), dtype=np.int64)
     black = augment.normalize_black().to(device)
     for batch, _ in iterate_batches(images, dummy, batch_size, shuffle=False, device=device):
-        views = tta_views(augment(batch, train=False), tta_flip, tta_shift, black, tta_zoom)
-        logits = model(views[0])
-        if len(views) > 1:
-            logits = torch.stack([logits.softmax(1), *(model(v).softmax(1) for v in views[1:])]).mean(0).log()
-        outputs.append(logits.float().cpu())
+        outputs.append(views.logits(model, augment(batch, train=False), black).float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0, 0)
 
 
@@ -126,14 +79,11 @@ def evaluate_arrays(
     augment: Augmenter,
     device: torch.device,
     batch_size: int = 256,
-    tta_flip: bool = False,
+    views: Views = Views(),
     class_names: Optional[list[str]] = None,
-    *,
-    tta_shift: int = 0,
-    tta_zoom: float = 0.0,
 ) -> dict[str, Any]:
     """Loss, macro-F1, accuracy and per-class scores of ``model`` on labelled arrays."""
-    logits = predict_arrays(model, images, augment, device, batch_size, tta_flip, tta_shift=tta_shift, tta_zoom=tta_zoom)
+    logits = predict_arrays(model, images, augment, device, batch_size, views)
     return scores_from_logits(logits, labels, class_names or [str(i) for i in range(num_classes)])
 
 
@@ -194,9 +144,7 @@ def evaluate_checkpoint(
     cache_dir: Optional[str] = None,
     device: str = "auto",
     batch_size: int = 256,
-    tta_flip: bool = False,
-    tta_shift: int = 0,
-    tta_zoom: float = 0.0,
+    views: Views = Views(),
     bn_recalibrate: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -207,7 +155,7 @@ def evaluate_checkpoint(
     checkpoint = load_checkpoint(checkpoint_path)
     packed = _load_packed(data, checkpoint["input"]["size"], data_format, cache_dir, progress)
     return score_checkpoint(checkpoint, checkpoint_path, packed, data, split, device=device, batch_size=batch_size,
-                            tta_flip=tta_flip, tta_shift=tta_shift, tta_zoom=tta_zoom, bn_recalibrate=bn_recalibrate)
+                            views=views, bn_recalibrate=bn_recalibrate)
 
 
 def score_checkpoint(
@@ -219,9 +167,7 @@ def score_checkpoint(
     *,
     device: str = "auto",
     batch_size: int = 256,
-    tta_flip: bool = False,
-    tta_shift: int = 0,
-    tta_zoom: float = 0.0,
+    views: Views = Views(),
     bn_recalibrate: int = 0,
 ) -> dict[str, Any]:
     """:func:`evaluate_checkpoint` for a loaded checkpoint and a prepared data set."""
@@ -240,9 +186,7 @@ def score_checkpoint(
                                              int(config.get("batch_size") or 64))
     # every image is run (unknown classes too, then dropped), so no split is copied out of its memory map
     logits = torch.cat([
-        predict_arrays(model, packed.splits[s].images, augment, torch_device, batch_size, tta_flip, tta_shift=tta_shift,
-                       tta_zoom=tta_zoom)
-        for s in splits
+        predict_arrays(model, packed.splits[s].images, augment, torch_device, batch_size, views) for s in splits
     ])
     scores = scores_from_logits(logits[torch.from_numpy(known)], mapped, model_classes)
     excluded_total = int(sum(excluded.values()))
@@ -261,7 +205,7 @@ def score_checkpoint(
         seed=config.get("seed"),
         epoch=checkpoint.get("epoch"),
         bn_recalibrated=recalibrated,
-        views=views_record(tta_flip, tta_shift, tta_zoom),
+        views=views.record(),
     )
     scores["selection"] = "; ".join(filter(None, [scores["chosen"], f"scored {scores['n']}, {left_out}", recalibrated]))
     return scores
@@ -444,7 +388,7 @@ def evaluate_command(args: Any) -> int:
     Exit status 2 when a run's checkpoint could not be used (the others are still scored).
     """
     options = dict(data_format=args.data_format, cache_dir=args.cache_dir, progress=not args.quiet)
-    scoring = dict(device=args.device, tta_flip=args.tta_flip, tta_shift=args.tta_shift, tta_zoom=args.tta_zoom,
+    scoring = dict(device=args.device, views=Views(args.tta_flip, args.tta_shift, args.tta_zoom),
                    bn_recalibrate=args.bn_recalibrate)
     if Path(args.checkpoint).is_dir():
         if args.confusion:

@@ -7,7 +7,7 @@ as :mod:`fernoise.data.decode`), turned into grey (ITU-R 601 luma, Pillow's "L")
 normalised with the checkpoint's mean and std by :func:`fernoise.data.normalize`. Crops of
 many images (or video frames) are classified together in batches. With ``tta`` each face is
 classified from six views (itself and its mirror image, each also zoomed in and out by
-:data:`TTA_ZOOM`, as ``evaluate --tta-flip --tta-zoom 0.1`` scores), their probabilities averaged.
+:data:`TTA_VIEWS`' zoom, as ``evaluate --tta-flip --tta-zoom 0.1`` scores), their probabilities averaged.
 
 Checkpoints are read only through :func:`fernoise.checkpoint.load_checkpoint`, which
 never unpickles Python objects. Exporting a model is :mod:`fernoise.export`; the
@@ -33,9 +33,9 @@ from fernoise.checkpoint import CheckpointError, load_checkpoint, model_from_che
 from fernoise.data import normalize
 from fernoise.data.decode import to_8bit
 from fernoise.detect import DETECTORS, Box, Detection, crop_face, make_detector
-from fernoise.evaluate import tta_views
 from fernoise.export import onnx_session
 from fernoise.io import PathLike, write_bytes_atomic
+from fernoise.views import Views
 
 __all__ = [
     "Face", "Prediction", "Predictor", "PredictError", "load_image", "find_inputs",
@@ -225,9 +225,9 @@ def _read_model(path: PathLike) -> tuple[nn.Module, list[str], dict[str, Any]]:
     return model, [str(c) for c in classes], checkpoint["input"]
 
 
-# The zoom of the test-time views: the fer2013-fast recipe's (its training zoom's range, and the views
-# its bundled model was measured with).
-TTA_ZOOM = 0.1
+# The test-time views of ``tta``: the fer2013-fast recipe's (zoom 0.1 is its training zoom's range, and
+# these are the views its bundled model was measured with).
+TTA_VIEWS = Views(flip=True, zoom=0.1)
 
 
 class Predictor:
@@ -311,8 +311,8 @@ class Predictor:
         for start in range(0, len(crops), self.batch_size):
             batch = torch.from_numpy(np.stack(crops[start:start + self.batch_size])).to(self.device)
             inputs = normalize(batch.permute(0, 3, 1, 2), self.mean, self.std)
-            views = tta_views(inputs, True, 0, self._black.to(self.device), TTA_ZOOM) if self.tta else [inputs]
-            mean_probs = torch.stack([self._logits(view).float().softmax(1) for view in views]).mean(0)
+            views = TTA_VIEWS if self.tta else Views()
+            mean_probs = views.probabilities(self._logits, inputs, self._black.to(self.device))
             for box, probs in zip(boxes[start:start + self.batch_size], mean_probs.cpu().tolist()):
                 best = int(np.argmax(probs))
                 faces.append(Face(box, self.classes[best], probs[best], dict(zip(self.classes, probs))))

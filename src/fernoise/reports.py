@@ -28,6 +28,7 @@ from fernoise.table import (
     claims_markdown, comparison_markdown, mean_std_cell, per_class_markdown, table1_markdown, write_table1_csv,
     write_table1_md,
 )
+from fernoise.views import Views
 
 __all__ = [
     "describe_runs", "format_duration", "report_folders", "write_report", "write_trace_report",
@@ -186,20 +187,12 @@ def _comparison_part(runs: Sequence[RunRecord]) -> str:
     return f"## Difference to {baseline_label}\n\n" + comparison_markdown(comparison, baseline_label)
 
 
-def _views_words(views: Mapping[str, Any]) -> str:
-    flip, shift, zoom = views.get("flip"), views.get("shift"), views.get("zoom")
-    count = (2 if flip else 1) * (3 if zoom else 1) + (2 if flip else 1) * (4 if shift else 0)
-    parts = ["the face"] + (["its mirror image"] if flip else []) + ([f"zoomed by ±{zoom:g}"] if zoom else [])
-    parts += [f"shifted by {shift} pixels"] if shift else []
-    return f"{count} views ({', '.join(parts)})"
-
-
 def _final_models_part(runs: Sequence[RunRecord]) -> str:
     """How the final models were scored again, and their per-class F1; empty when none was."""
     scored = [run for run in runs if run.final is not None]
     if not scored:
         return ""
-    views = sorted({_views_words(run.final.get("views") or {}) for run in scored})
+    views = sorted({Views.from_record(run.final.get("views") or {}).words() for run in scored})
     missing = [f"{method_info(run.method).label} seed {run.seed}" for run in runs if run.final is None]
     text = (f"Each run's final weights (checkpoints/last.pt), scored once more on the whole validation split "
             f"with {' / '.join(views)}, the logits averaged over the views' softmax (final-evaluation.json; "

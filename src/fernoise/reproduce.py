@@ -13,6 +13,7 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -20,12 +21,13 @@ import yaml
 
 from fernoise.checkpoint import load_checkpoint
 from fernoise.config import METHODS, PAPER_METHODS, SPEED_ONLY, ConfigError, TrainConfig, config_changes, resolve_config
-from fernoise.evaluate import score_checkpoint, views_record, write_evaluation
+from fernoise.evaluate import score_checkpoint, write_evaluation
 from fernoise.io import PathLike
 from fernoise.reports import describe_runs, format_duration, write_report
 from fernoise.runfiles import FINAL_EVALUATION_FILE
 from fernoise.runs import load_runs
 from fernoise.train import TrainingError, prepare_data, train
+from fernoise.views import Views
 
 
 def run_name(method: str, seed: int) -> str:
@@ -124,10 +126,10 @@ def score_final_model(cfg: TrainConfig, run_dir: Path, zoom: float, quiet: bool,
     Kept when that file already holds these views; a run whose checkpoint is not on this machine (its
     small files came from another) is named in the log and left unscored.
     """
-    path, views = run_dir / FINAL_EVALUATION_FILE, views_record(cfg.tta_flip, cfg.tta_shift, zoom)
+    path, views = run_dir / FINAL_EVALUATION_FILE, replace(Views.of(cfg), zoom=zoom)
     if path.is_file():
         try:
-            if json.loads(path.read_text(encoding="utf-8")).get("views") == views:
+            if json.loads(path.read_text(encoding="utf-8")).get("views") == views.record():
                 return
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             pass  # unreadable: scored again below
@@ -137,10 +139,10 @@ def score_final_model(cfg: TrainConfig, run_dir: Path, zoom: float, quiet: bool,
         return
     packed = prepare_data(cfg, progress=not quiet).packed
     scores = score_checkpoint(load_checkpoint(checkpoint_path), checkpoint_path, packed, cfg.data, "val",
-                              device=cfg.device, batch_size=cfg.eval_batch_size, tta_flip=cfg.tta_flip,
-                              tta_shift=cfg.tta_shift, tta_zoom=zoom, bn_recalibrate=cfg.bn_recalibrate)
+                              device=cfg.device, batch_size=cfg.eval_batch_size, views=views,
+                              bn_recalibrate=cfg.bn_recalibrate)
     write_evaluation(scores, path, None)
-    log(f"[{run_dir.name}] final model ({views}): accuracy {scores['accuracy']:.4f}, "
+    log(f"[{run_dir.name}] final model ({views.words()}): accuracy {scores['accuracy']:.4f}, "
         f"macro-F1 {scores['macro_f1']:.4f} -> {path}")
 
 

@@ -46,6 +46,7 @@ from fernoise.epoch import EpochStats, Progress, TrainingError
 from fernoise.optim import (STEPWISE_SCHEDULERS, build_autorelu_adam, build_optimizer, build_scheduler, fit_schedule,
                              weight_average)
 from fernoise.step import TrainStep, resolve_precision
+from fernoise.views import Views
 
 CHECK_EVERY = 10  # steps between host syncs for the progress bar and the NaN check
 LAST_PT = Path("checkpoints", "last.pt")  # complete, for resuming
@@ -425,8 +426,7 @@ def _evaluate(run: _Run, epoch: int) -> dict[str, float]:
     if run.cfg.bn_recalibrate:
         _recalibrate(run, epoch)
     val = evaluate_arrays(run.evaluated, run.data.val_images, run.data.val_labels, run.num_classes, run.augment,
-                          run.device, run.cfg.eval_batch_size, run.cfg.tta_flip, tta_shift=run.cfg.tta_shift,
-                          tta_zoom=run.cfg.tta_zoom)
+                          run.device, run.cfg.eval_batch_size, Views.of(run.cfg))
     return {"val_loss": val["loss"], "val_f1": val["macro_f1"], "val_acc": val["accuracy"]}
 
 
@@ -510,6 +510,6 @@ def _summarise(run: _Run) -> dict[str, Any]:
     if test is not None and len(test.labels) and run.best_path.is_file():
         model = model_from_checkpoint(load_checkpoint(run.best_path), run.best_path).to(run.device)
         scores = evaluate_arrays(model, test.images, test.labels, len(packed.classes), run.augment, run.device,
-                                 cfg.eval_batch_size, cfg.tta_flip, tta_shift=cfg.tta_shift, tta_zoom=cfg.tta_zoom)
+                                 cfg.eval_batch_size, Views.of(cfg))
         summary.update(test_f1=scores["macro_f1"], test_acc=scores["accuracy"])
     return summary
