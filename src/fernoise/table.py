@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from fernoise.io import PathLike, write_text_atomic
 from fernoise.runs import RunRecord
@@ -62,12 +62,16 @@ def write_table1_csv(rows: Sequence[Mapping[str, Any]], path: PathLike) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
+def _interval(low: Optional[float], high: Optional[float]) -> str:
+    """A difference's interval, ``n/a`` where a single pair leaves it undefined."""
+    return "n/a" if low is None else f"[{low:+.4f}, {high:+.4f}]"
+
+
 def _difference_cells(row: Mapping[str, Any], key: str, spread: bool = True) -> list[str]:
     """``mean ± std`` (or the mean alone) and ``[low, high]`` of a paired difference."""
     mean, std = row[f"{key}_diff_mean"], row[f"{key}_diff_std"]
-    low, high = row[f"{key}_diff_ci_low"], row[f"{key}_diff_ci_high"]
     shown = "—" if mean is None else f"{mean:+.4f}" + ("" if std is None or not spread else f" ± {std:.4f}")
-    return [shown, "n/a" if low is None else f"[{low:+.4f}, {high:+.4f}]"]
+    return [shown, _interval(row[f"{key}_diff_ci_low"], row[f"{key}_diff_ci_high"])]
 
 
 def comparison_markdown(rows: Sequence[Mapping[str, Any]], baseline_label: str) -> str:
@@ -105,8 +109,8 @@ def claims_markdown(runs: Sequence[RunRecord], confidence: float = 0.95) -> str:
         cells = [claim.text]
         for key, _ in quantities:
             c = check_claim(claim, runs, confidence, key)
-            cells += ["—" if c["mean"] is None else f"{c['mean']:+.4f}",
-                      "n/a" if c["low"] is None else f"[{c['low']:+.4f}, {c['high']:+.4f}]", str(c["n"]), c["verdict"]]
+            cells += ["—" if c["mean"] is None else f"{c['mean']:+.4f}", _interval(c["low"], c["high"]), str(c["n"]),
+                      c["verdict"]]
         lines.append("| " + " | ".join(cells) + " |")
     return ("Each claim as a seed-paired difference in validation macro-F1 with a t interval. A verdict "
             "holds or is contradicted only when the interval says so; with few seeds most intervals are wide, "
