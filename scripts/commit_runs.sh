@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Commit the small files of every finished run under the given results folders (config.yaml,
-# metrics.csv, summary.json, final-evaluation.json where reproduce --final-tta-zoom wrote it, and a
+# metrics.csv, summary.json, final-evaluation.json and final-evaluation-bnrecal.json where reproduce
+# --final-tta-zoom / --final-bn-recalibrate wrote them, and a
 # dynamic run's AutoReLU trace), never checkpoints or TensorBoard events, and each folder's report
 # files once written. Loops every $EVERY seconds (default 300)
 # until killed, so that a grid running beside it loses at most its current run when the machine
@@ -28,8 +29,8 @@ commit_folder() {
   for run in "$root"/*/; do
     [ -f "$run/summary.json" ] || continue
     files=()
-    for name in config.yaml metrics.csv summary.json final-evaluation.json autorelu_trace.csv autorelu_trace.json \
-                autorelu_trace.png; do
+    for name in config.yaml metrics.csv summary.json final-evaluation.json final-evaluation-bnrecal.json \
+                autorelu_trace.csv autorelu_trace.json autorelu_trace.png; do
       [ -f "$run$name" ] && files+=("$run$name")
     done
     commit "results: $(basename "$run") finished" "${files[@]}"

@@ -11,13 +11,15 @@
 # epoch, as in the paper's curves, with the mirror image only (the preset's six views every fourth
 # epoch would hide the noisy stretches; six views every epoch add about 10 min a run); each final
 # model is scored once more with the preset's six views (--final-tta-zoom 0.1, final-evaluation.json,
-# right after its run, since checkpoints are not committed). Meant for the background:
+# right after its run, since checkpoints are not committed), and again with BatchNorm re-estimated on
+# 20 clean batches (--final-bn-recalibrate 20, final-evaluation-bnrecal.json): how much of each
+# method's final-model difference is the statistics of noisy steps. Meant for the background:
 #   nohup scripts/fer2013_fast_grid.sh > fer2013-fast-grid.log 2>&1 &
 # with `scripts/commit_runs.sh results/fer2013-fast-grid results/fer2013-fast-bnrecal` beside it.
 set -eu
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/fer2013-trainval.tar.gz}
-BUDGET=(--config fer2013-fast --epochs 30 --interval 5 --val-every 1 --tta-zoom 0 --final-tta-zoom 0.1 --quiet)
+BUDGET=(--config fer2013-fast --epochs 30 --interval 5 --val-every 1 --tta-zoom 0 --final-tta-zoom 0.1 --final-bn-recalibrate 20 --quiet)
 GRID=(--data "$DATA" "${BUDGET[@]}" --out results/fer2013-fast-grid)
 fernoise reproduce "${GRID[@]}" --methods dynamic --seeds 1
 fernoise reproduce "${GRID[@]}" --seeds 1

@@ -639,6 +639,30 @@ def test_final_models_scored_again_get_rows_claims_and_per_class_f1(tmp_path: Pa
         in report
 
 
+def test_final_models_with_batchnorm_re_estimated_get_their_rows_and_difference(tmp_path: Path):
+    root = tmp_path / "runs"
+    for seed, (base, bn_gain) in enumerate([(0.60, 0.05), (0.62, 0.07)]):
+        for method, noisy in (("baseline", 0.0), ("dynamic", 0.10)):
+            run = make_run(root, method, seed, autorelu=method == "dynamic")
+            _write_final(run, base - noisy, 0.5)
+            gain = bn_gain if method == "dynamic" else 0.0  # statistics of noisy steps: only dynamic gains
+            (run / "final-evaluation-bnrecal.json").write_text(json.dumps({
+                "macro_f1": base - noisy + gain, "accuracy": 0.7, "f1": {"fear": 0.5}, "bn_recalibrate": 20}))
+    runs = load_runs([root])
+    dynamic = next(run for run in runs if run.method == "dynamic" and run.seed == 1)
+    assert dynamic.value("final_model_bn_f1") == pytest.approx(0.59) and dynamic.value("final_model_f1") == \
+        pytest.approx(0.52) and dynamic.value("final_model_bn_f1_fear") == pytest.approx(0.5)
+    report = write_report(runs, tmp_path / "out", "cmd", "data").read_text()
+    assert "| Final model macro-F1, BatchNorm re-estimated | 0.6100 ± 0.0141 (n=2) | 0.5700 ± 0.0283 (n=2) |" in report
+    assert "Δ final model F1, BatchNorm re-estimated" in report and "on 20 clean train batches" in report
+    # scored again: -0.10 in both pairs; re-estimated: -0.05 and -0.03, so -0.04 [-0.167, +0.087]
+    assert "| +Dynamic | 2 | " in report and "-0.1000 ± 0.0000 | [-0.1000, -0.1000] | -0.0400 ± 0.0141 | [-0.1671, +0.0871]" \
+        in report
+    without = tmp_path / "plain"  # no re-estimated scoring anywhere: neither rows nor words
+    make_run(without, "baseline", 0)
+    assert "BatchNorm re-estimated" not in write_report(load_runs([without]), tmp_path / "out2", "cmd", "data").read_text()
+
+
 def test_a_final_evaluation_without_per_class_f1_is_named(tmp_path: Path):
     run = make_run(tmp_path, "baseline", 0)
     (run / "final-evaluation.json").write_text(json.dumps({"macro_f1": 0.5, "accuracy": 0.6}))

@@ -17,6 +17,7 @@ import yaml
 from data_fixtures import make_folders
 
 from fernoise import reproduce
+from fernoise.reproduce import FinalScoring
 from fernoise.config import TrainConfig
 
 TINY = dict(train_limit=64, val_limit=32, image_size=32, batch_size=32, device="cpu", epochs=1)
@@ -97,13 +98,27 @@ def test_final_models_are_scored_again_once_per_view_set_and_reported_per_class(
     assert "| +Periodic | 1 |" in per_class and "| sad |" in per_class
 
     cfg = TrainConfig(**yaml.safe_load((run / "config.yaml").read_text()))
-    reproduce.score_final_model(cfg, run, 0.1, True, logs.append)  # other views: scored again
+    reproduce.score_final_model(cfg, run, FinalScoring(0.1), True, logs.append)  # other views: scored again
     zoomed = json.loads(final.read_text())
     assert zoomed["views"]["zoom"] == 0.1 and zoomed["n"] == 64 and zoomed["epoch"] == 1
     assert sum(map(sum, zoomed["confusion"])) == 64
     stamp, logs[:] = final.stat().st_mtime_ns, []
-    reproduce.score_final_model(cfg, run, 0.1, True, logs.append)  # the same views: kept as it is
+    reproduce.score_final_model(cfg, run, FinalScoring(0.1), True, logs.append)  # the same views: kept as it is
     assert final.stat().st_mtime_ns == stamp and logs == []
+    bn_file = run / "final-evaluation-bnrecal.json"
+    reproduce.score_final_model(cfg, run, FinalScoring(0.1, bn_recalibrate=2), True, logs.append)
+    bn = json.loads(bn_file.read_text())  # the same weights and views, BatchNorm re-estimated first
+    assert bn["bn_recalibrate"] == 2 and "(2 batches)" in bn["bn_recalibrated"] and bn["views"] == zoomed["views"]
+    assert final.stat().st_mtime_ns == stamp and "BatchNorm re-estimated on 2 batches" in logs[0]
+    bn_stamp, logs[:] = bn_file.stat().st_mtime_ns, []
+    reproduce.score_final_model(cfg, run, FinalScoring(0.1, bn_recalibrate=2), True, logs.append)
+    assert bn_file.stat().st_mtime_ns == bn_stamp and logs == []
+    base_run = out / "baseline-seed0"  # as if it re-estimated in its validation: one scoring, done that way
+    base_cfg = TrainConfig(**{**yaml.safe_load((base_run / "config.yaml").read_text()), "bn_recalibrate": 1})
+    reproduce.score_final_model(base_cfg, base_run, FinalScoring(0.0, 2), True, logs.append)
+    assert json.loads((base_run / "final-evaluation.json").read_text())["bn_recalibrate"] == 1
+    assert not (base_run / "final-evaluation-bnrecal.json").exists()
     (run / "checkpoints" / "last.pt").unlink()  # small files from another machine
-    reproduce.score_final_model(cfg, run, 0.2, True, logs.append)
+    logs[:] = []
+    reproduce.score_final_model(cfg, run, FinalScoring(0.2), True, logs.append)
     assert "last.pt is not here" in logs[0] and json.loads(final.read_text())["views"]["zoom"] == 0.1

@@ -194,11 +194,9 @@ def _add_evaluate(sub: Any) -> None:
 
 
 def _add_reproduce(sub: Any) -> None:
-    r = sub.add_parser(
-        "reproduce", help="the paper's comparison, all methods x seeds, with Table 1 and figures",
+    r = sub.add_parser("reproduce", help="the paper's comparison, all methods x seeds, with Table 1 and figures",
         description="Run baseline, +dropout, +periodic, +dynamic and dropout+periodic for several seeds and write "
-        "table1.md/csv, the paper's figures and report.md. With no arguments: a quick run on the synthetic faces.",
-    )
+        "table1.md/csv, the paper's figures and report.md. With no arguments: a quick run on the synthetic faces.")
     r.add_argument("--data", default="synthetic", help="data set path or 'synthetic' (default)")
     r.add_argument("--methods", nargs="+", choices=CHOICES["method"], default=list(PAPER_METHODS), help="methods to run")
     r.add_argument("--seeds", type=int, help="number of seeds (default 2 in quick mode, else 3)")
@@ -207,6 +205,8 @@ def _add_reproduce(sub: Any) -> None:
                    help="runs trained at once, in separate processes sharing the device(s) (default 1)")
     r.add_argument("--final-tta-zoom", type=float, metavar="F", help="score each final model again (its views, "
                    "also zoomed by F) into final-evaluation.json, for the report's final-model rows and per-class F1")
+    r.add_argument("--final-bn-recalibrate", type=int, default=0, metavar="N", help="and once more with BatchNorm "
+                   "re-estimated on N clean train batches (final-evaluation-bnrecal.json): the effect of noisy statistics")
     r.add_argument("--quiet", action="store_true")
     _train_options(r)
 
@@ -441,7 +441,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/reproduce-{_data_name(args.data)}")
     report = reproduce(out, data=args.data, methods=args.methods, seeds=args.seeds or (2 if quick else 3),
                        config_file=config_file, overrides=_overrides(args), quiet=args.quiet, jobs=args.jobs,
-                       final_tta_zoom=args.final_tta_zoom)
+                       final_tta_zoom=args.final_tta_zoom, final_bn_recalibrate=args.final_bn_recalibrate)
     print(f"report written to {report}")
     return 0
 

@@ -204,6 +204,7 @@ def score_checkpoint(
         method=method_key(config) if config.get("method") else None,
         seed=config.get("seed"),
         epoch=checkpoint.get("epoch"),
+        bn_recalibrate=bn_recalibrate,
         bn_recalibrated=recalibrated,
         views=views.record(),
     )

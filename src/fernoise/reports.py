@@ -200,6 +200,12 @@ def _final_models_part(runs: Sequence[RunRecord]) -> str:
             f"user would keep, with no choice of epoch on the validation set.")
     if missing:
         text += f" Not scored again (no checkpoint where the report was made): {', '.join(missing)}."
+    batches = sorted({str(run.final_bn.get("bn_recalibrate", "?")) for run in runs if run.final_bn is not None})
+    if batches:
+        text += (f" The \"BatchNorm re-estimated\" rows score the same weights with the same views after "
+                 f"re-estimating the BatchNorm statistics on {' / '.join(batches)} clean train batches "
+                 f"(final-evaluation-bnrecal.json; `--final-bn-recalibrate`): what is left of a method's "
+                 f"difference once the statistics gathered in noisy steps are gone.")
     classes, rows = per_class_f1(runs)
     return text + "\n\n### Per-class F1 of the final models\n\n" + per_class_markdown(
         classes, rows, method_info("baseline").label)

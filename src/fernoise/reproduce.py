@@ -5,7 +5,10 @@ with the same configuration is reused; one that stopped part-way is resumed from
 its ``last.pt``; a run directory holding a different configuration is an error
 rather than being overwritten. With ``final_tta_zoom``, each run's final weights are
 scored once more, with more test-time views than its per-epoch validation used, into
-``final-evaluation.json`` (right after the run, while its checkpoint is on this machine).
+``final-evaluation.json`` (right after the run, while its checkpoint is on this machine);
+with ``final_bn_recalibrate`` also with BatchNorm statistics re-estimated on clean batches
+first, into ``final-evaluation-bnrecal.json``: what is left of a noisy method's difference
+once the statistics of its noisy steps are gone.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -24,10 +27,28 @@ from fernoise.config import METHODS, PAPER_METHODS, SPEED_ONLY, ConfigError, Tra
 from fernoise.evaluate import score_checkpoint, write_evaluation
 from fernoise.io import PathLike
 from fernoise.reports import describe_runs, format_duration, write_report
-from fernoise.runfiles import FINAL_EVALUATION_FILE
+from fernoise.runfiles import FINAL_BN_EVALUATION_FILE, FINAL_EVALUATION_FILE
 from fernoise.runs import load_runs
 from fernoise.train import TrainingError, prepare_data, train
 from fernoise.views import Views
+
+
+@dataclass(frozen=True)
+class FinalScoring:
+    """How :func:`score_final_model` scores each final model again: the run's flip and shift views plus
+    ``zoom``; with ``bn_recalibrate`` a second time with BatchNorm re-estimated on that many clean batches."""
+
+    zoom: float = 0.0
+    bn_recalibrate: int = 0
+
+    @classmethod
+    def asked(cls, zoom: Optional[float], bn_recalibrate: int) -> Optional[FinalScoring]:
+        """From ``reproduce``'s options: None when neither asks for a second scoring."""
+        if zoom is not None and not 0 <= zoom < 1:
+            raise ConfigError(f"--final-tta-zoom must be in [0, 1), got {zoom}")
+        if bn_recalibrate < 0:
+            raise ConfigError(f"--final-bn-recalibrate must be a number of batches >= 0, got {bn_recalibrate}")
+        return cls(zoom or 0.0, bn_recalibrate) if zoom is not None or bn_recalibrate else None
 
 
 def run_name(method: str, seed: int) -> str:
@@ -58,11 +79,13 @@ def reproduce(
     command: Optional[str] = None,
     jobs: int = 1,
     final_tta_zoom: Optional[float] = None,
+    final_bn_recalibrate: int = 0,
 ) -> Path:
     """Train (or reuse) every method x seed and write the report; return ``report.md``'s path.
 
     ``final_tta_zoom``: after each run, :func:`score_final_model` with zoomed views of this fraction
-    (0: the run's own flip and shift views only); None: no second scoring.
+    (0: the run's own flip and shift views only); None: no second scoring. ``final_bn_recalibrate``:
+    also score it with BatchNorm re-estimated on this many clean batches (with it, the zoom defaults to 0).
 
     ``jobs > 1`` trains that many runs at once, each in its own process: on a GPU the
     runs share it (a small model at batch 64 leaves most of an H100 idle), on the CPU
@@ -76,8 +99,7 @@ def reproduce(
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
-    if final_tta_zoom is not None and not 0 <= final_tta_zoom < 1:
-        raise ConfigError(f"--final-tta-zoom must be in [0, 1), got {final_tta_zoom}")
+    final = FinalScoring.asked(final_tta_zoom, final_bn_recalibrate)
     out = Path(out)
     run_dirs, todo = [], []
     for seed in range(seeds):
@@ -87,18 +109,18 @@ def reproduce(
             run_dirs.append(run_dir)
             if _finished(run_dir, cfg):
                 log(f"[{run_dir.name}] finished earlier, reused")
-                if final_tta_zoom is not None:
-                    score_final_model(cfg, run_dir, final_tta_zoom, quiet, log)
+                if final is not None:
+                    score_final_model(cfg, run_dir, final, quiet, log)
             else:
                 todo.append((cfg, run_dir))
     if jobs == 1 or len(todo) <= 1:
         clock = _GridClock(todo, log)
         for cfg, run_dir in todo:
-            ensure_run(cfg, run_dir, quiet, log, on_epoch=clock.epoch_done, final_tta_zoom=final_tta_zoom)
+            ensure_run(cfg, run_dir, quiet, log, on_epoch=clock.epoch_done, final=final)
     else:
         # Decode the data once here rather than in every worker at the same moment.
         prepare_data(todo[0][0], progress=not quiet)
-        _train_concurrently(todo, jobs, quiet, log, final_tta_zoom)
+        _train_concurrently(todo, jobs, quiet, log, final)
     runs = load_runs(run_dirs)
     command = command or "fernoise " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return write_report(runs, out, command=command, data_description=describe_runs(runs))
@@ -106,44 +128,58 @@ def reproduce(
 
 def ensure_run(cfg: TrainConfig, run_dir: Path, quiet: bool, log: Callable[[str], None],
                on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
-               final_tta_zoom: Optional[float] = None) -> None:
+               final: Optional[FinalScoring] = None) -> None:
     """Reuse the finished run in ``run_dir``, resume it from ``last.pt``, or train it from the start;
-    then, with ``final_tta_zoom``, :func:`score_final_model`."""
+    then, with ``final``, :func:`score_final_model`."""
     if not _finished(run_dir, cfg):
         resume = (run_dir / "checkpoints" / "last.pt").is_file()
         log(f"[{run_dir.name}] {'resuming' if resume else 'training'}")
         train(cfg, run_dir, resume=resume, quiet=quiet, log=lambda msg: log(f"[{run_dir.name}] {msg}"),
               on_epoch=on_epoch)
-    if final_tta_zoom is not None:
-        score_final_model(cfg, run_dir, final_tta_zoom, quiet, log)
+    if final is not None:
+        score_final_model(cfg, run_dir, final, quiet, log)
 
 
-def score_final_model(cfg: TrainConfig, run_dir: Path, zoom: float, quiet: bool, log: Callable[[str], None]) -> None:
+def score_final_model(cfg: TrainConfig, run_dir: Path, final: FinalScoring, quiet: bool,
+                      log: Callable[[str], None]) -> None:
     """Score a finished run's final weights (``checkpoints/last.pt``) on its whole validation split with
-    the run's flip and shift views plus zoomed ones (``zoom``), BatchNorm re-estimated as the run's own
-    validation did, into ``final-evaluation.json``.
+    the run's flip and shift views plus zoomed ones (``final.zoom``), BatchNorm re-estimated as the run's
+    own validation did, into ``final-evaluation.json``; with ``final.bn_recalibrate`` (and a run that
+    did not re-estimate already) again with BatchNorm re-estimated on that many clean train batches,
+    into ``final-evaluation-bnrecal.json``.
 
-    Kept when that file already holds these views; a run whose checkpoint is not on this machine (its
-    small files came from another) is named in the log and left unscored.
+    A file that already holds these views and re-estimation is kept; a run whose checkpoint is not on
+    this machine (its small files came from another) is named in the log and left unscored.
     """
-    path, views = run_dir / FINAL_EVALUATION_FILE, replace(Views.of(cfg), zoom=zoom)
-    if path.is_file():
-        try:
-            if json.loads(path.read_text(encoding="utf-8")).get("views") == views.record():
-                return
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            pass  # unreadable: scored again below
+    views = replace(Views.of(cfg), zoom=final.zoom)
+    wanted = {FINAL_EVALUATION_FILE: cfg.bn_recalibrate}
+    if final.bn_recalibrate and not cfg.bn_recalibrate:
+        wanted[FINAL_BN_EVALUATION_FILE] = final.bn_recalibrate
+    todo = {name: batches for name, batches in wanted.items() if not _scored(run_dir / name, views, batches)}
+    if not todo:
+        return
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
     if not checkpoint_path.is_file():
         log(f"[{run_dir.name}] {checkpoint_path} is not here: its final model is not scored")
         return
-    packed = prepare_data(cfg, progress=not quiet).packed
-    scores = score_checkpoint(load_checkpoint(checkpoint_path), checkpoint_path, packed, cfg.data, "val",
-                              device=cfg.device, batch_size=cfg.eval_batch_size, views=views,
-                              bn_recalibrate=cfg.bn_recalibrate)
-    write_evaluation(scores, path, None)
-    log(f"[{run_dir.name}] final model ({views.words()}): accuracy {scores['accuracy']:.4f}, "
-        f"macro-F1 {scores['macro_f1']:.4f} -> {path}")
+    checkpoint, packed = load_checkpoint(checkpoint_path), prepare_data(cfg, progress=not quiet).packed
+    for name, batches in todo.items():
+        scores = score_checkpoint(checkpoint, checkpoint_path, packed, cfg.data, "val", device=cfg.device,
+                                  batch_size=cfg.eval_batch_size, views=views, bn_recalibrate=batches)
+        write_evaluation(scores, run_dir / name, None)
+        how = views.words() + (f", BatchNorm re-estimated on {batches} batches" if batches else "")
+        log(f"[{run_dir.name}] final model ({how}): accuracy {scores['accuracy']:.4f}, "
+            f"macro-F1 {scores['macro_f1']:.4f} -> {run_dir / name}")
+
+
+def _scored(path: Path, views: Views, batches: int) -> bool:
+    """Whether ``path`` already holds a scoring with these views and BatchNorm re-estimation (files
+    from before ``bn_recalibrate`` was recorded were scored as their run's validation was)."""
+    try:
+        scores = json.loads(path.read_text(encoding="utf-8"))
+        return scores.get("views") == views.record() and scores.get("bn_recalibrate", batches) == batches
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False  # absent or unreadable: scored (again)
 
 
 class _GridClock:
@@ -178,13 +214,12 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _worker(cfg_dict: dict[str, Any], run_dir: str, gpu: Optional[int], final_tta_zoom: Optional[float]) -> None:
+def _worker(cfg_dict: dict[str, Any], run_dir: str, gpu: Optional[int], final: Optional[FinalScoring]) -> None:
     import torch
 
     if gpu is not None:
         torch.cuda.set_device(gpu)
-    ensure_run(TrainConfig(**cfg_dict), Path(run_dir), True, lambda msg: print(msg, flush=True),
-               final_tta_zoom=final_tta_zoom)
+    ensure_run(TrainConfig(**cfg_dict), Path(run_dir), True, lambda msg: print(msg, flush=True), final=final)
 
 
 def _gpus_for(configs: Sequence[TrainConfig]) -> list[Optional[int]]:
@@ -209,7 +244,7 @@ def _stop_workers(workers: Sequence[Any], run_dirs: Sequence[Path]) -> None:
 
 
 def _train_concurrently(todo: list[tuple[TrainConfig, Path]], jobs: int, quiet: bool,
-                        log: Callable[[str], None], final_tta_zoom: Optional[float] = None) -> None:
+                        log: Callable[[str], None], final: Optional[FinalScoring] = None) -> None:
     """Train the runs in ``jobs`` worker processes; a failed run does not stop the others."""
     import multiprocessing
     import os
@@ -225,7 +260,7 @@ def _train_concurrently(todo: list[tuple[TrainConfig, Path]], jobs: int, quiet: 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
         futures = {
-            pool.submit(_worker, cfg.to_dict(), str(run_dir), gpu, final_tta_zoom): run_dir
+            pool.submit(_worker, cfg.to_dict(), str(run_dir), gpu, final): run_dir
             for (cfg, run_dir), gpu in zip(todo, gpu_of)
         }
         progress = None

@@ -4,7 +4,8 @@
 and ``autorelu_w`` where a run has them); ``autorelu_trace.csv`` one row per training step
 of a dynamic run (``epoch``, ``step`` and :data:`fernoise.noise.TRACE_COLUMNS`). Both are
 written whole and atomically after every epoch. :mod:`fernoise.runs` reads them, and
-``final-evaluation.json`` where ``reproduce --final-tta-zoom`` scored the final weights again.
+``final-evaluation.json`` where ``reproduce --final-tta-zoom`` scored the final weights again
+(``final-evaluation-bnrecal.json`` where ``--final-bn-recalibrate`` did so with BatchNorm re-estimated).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from fernoise.noise import TRACE_COLUMNS
 METRICS_FILE = "metrics.csv"
 TRACE_FILE = "autorelu_trace.csv"  # dynamic runs: one row per training step (AutoReLUTrace)
 FINAL_EVALUATION_FILE = "final-evaluation.json"  # the final weights scored again (reproduce --final-tta-zoom)
+FINAL_BN_EVALUATION_FILE = "final-evaluation-bnrecal.json"  # and with BatchNorm re-estimated (--final-bn-recalibrate)
 TRACE_HEADER = ("epoch", "step", *TRACE_COLUMNS)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_f1", "val_loss", "val_f1", "val_acc", "noise_on", "lr", "seconds"]
 

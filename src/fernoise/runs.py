@@ -21,12 +21,13 @@ import yaml
 
 from fernoise.config import PREDATED
 from fernoise.io import PathLike
-from fernoise.runfiles import FINAL_EVALUATION_FILE, METRIC_COLUMNS, TRACE_FILE, TRACE_HEADER
+from fernoise.runfiles import FINAL_BN_EVALUATION_FILE, FINAL_EVALUATION_FILE, METRIC_COLUMNS, TRACE_FILE, TRACE_HEADER
 
 # The metrics.csv columns a report needs (train_f1 is not shown, so not required).
 REQUIRED_METRICS = tuple(c for c in METRIC_COLUMNS if c != "train_f1")
 SUMMARY_KEYS = ("best_val_f1", "best_epoch", "final_val_f1", "final_train_loss")
 FINAL_MODEL = "final_model_"  # RunRecord.value's prefix for the numbers of final-evaluation.json
+FINAL_MODEL_BN = "final_model_bn_"  # and of final-evaluation-bnrecal.json
 
 
 class MethodInfo(NamedTuple):
@@ -62,6 +63,7 @@ class RunRecord:
     config: dict[str, Any]
     trace: dict[str, np.ndarray] | None = None  # autorelu_trace.csv of a dynamic run, when written
     final: dict[str, Any] | None = None  # final-evaluation.json: the final weights scored again, when done
+    final_bn: dict[str, Any] | None = None  # final-evaluation-bnrecal.json: so with BatchNorm re-estimated
 
     @property
     def epochs(self) -> int:
@@ -69,14 +71,17 @@ class RunRecord:
 
     def value(self, field: str) -> float | None:
         """A summary.json number, or ``final_model_f1``/``final_model_acc``/``final_model_f1_<class>`` from
-        final-evaluation.json; None where the run has no such number."""
-        if field.startswith(FINAL_MODEL):
-            if self.final is None:
-                return None
-            name = field.removeprefix(FINAL_MODEL)
-            value = {"f1": self.final["macro_f1"], "acc": self.final["accuracy"]}.get(name)
-            if value is None and name.startswith("f1_"):
-                value = self.final["f1"].get(name.removeprefix("f1_"))
+        final-evaluation.json (``final_model_bn_...`` from final-evaluation-bnrecal.json); None where the
+        run has no such number."""
+        for prefix, scores in ((FINAL_MODEL_BN, self.final_bn), (FINAL_MODEL, self.final)):
+            if field.startswith(prefix):
+                name = field.removeprefix(prefix)
+                if scores is None:
+                    return None
+                value = {"f1": scores["macro_f1"], "acc": scores["accuracy"]}.get(name)
+                if value is None and name.startswith("f1_"):
+                    value = scores["f1"].get(name.removeprefix("f1_"))
+                break
         else:
             value = self.summary.get(field)
         return float(value) if is_number(value) else None
@@ -163,7 +168,7 @@ def _read_json_numbers(path: Path, keys: Sequence[str]) -> dict[str, Any]:
 
 
 def _read_final_evaluation(path: Path) -> dict[str, Any] | None:
-    """final-evaluation.json, checked for the numbers a report takes from it; None when absent."""
+    """A final-evaluation JSON, checked for the numbers a report takes from it; None when absent."""
     if not path.is_file():
         return None
     final = _read_json_numbers(path, ("macro_f1", "accuracy"))
@@ -198,6 +203,7 @@ def load_run(run_dir: PathLike) -> RunRecord:
         config={**PREDATED, **config},  # a key the run predates: what it did then
         trace=read_trace(trace_path) if trace_path.is_file() else None,
         final=_read_final_evaluation(path / FINAL_EVALUATION_FILE),
+        final_bn=_read_final_evaluation(path / FINAL_BN_EVALUATION_FILE),
     )
 
 

@@ -25,6 +25,8 @@ TABLE_ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("test_acc", "test_acc", "Test accuracy", ".4f"),
     ("final_model_f1", "final_model_f1", "Final model macro-F1, scored again", ".4f"),
     ("final_model_acc", "final_model_acc", "Final model accuracy, scored again", ".4f"),
+    ("final_model_bn_f1", "final_model_bn_f1", "Final model macro-F1, BatchNorm re-estimated", ".4f"),
+    ("final_model_bn_acc", "final_model_bn_acc", "Final model accuracy, BatchNorm re-estimated", ".4f"),
 )
 # Paired differences to the baseline: (key, summary.json field, heading). The max over epochs is
 # the paper's number but is chosen on the validation set itself; the final epoch is not.
@@ -32,6 +34,7 @@ COMPARED: tuple[tuple[str, str, str], ...] = (
     ("val_f1", "best_val_f1", "Δ max val F1"),
     ("final_val_f1", "final_val_f1", "Δ final val F1"),
     ("final_model_f1", "final_model_f1", "Δ final model F1, scored again"),
+    ("final_model_bn_f1", "final_model_bn_f1", "Δ final model F1, BatchNorm re-estimated"),
     ("train_loss", "final_train_loss", "Δ final train loss"),
 )
 # The quantities a claim is checked on: (key, RunRecord.value field, in words).
