@@ -75,15 +75,8 @@ class RunRecord:
         run has no such number."""
         for prefix, scores in ((FINAL_MODEL_BN, self.final_bn), (FINAL_MODEL, self.final)):
             if field.startswith(prefix):
-                name = field.removeprefix(prefix)
-                if scores is None:
-                    return None
-                value = {"f1": scores["macro_f1"], "acc": scores["accuracy"]}.get(name)
-                if value is None and name.startswith("f1_"):
-                    value = scores["f1"].get(name.removeprefix("f1_"))
-                break
-        else:
-            value = self.summary.get(field)
+                return _evaluation_number(scores, field.removeprefix(prefix))
+        value = self.summary.get(field)
         return float(value) if is_number(value) else None
 
     @property
@@ -165,6 +158,16 @@ def _read_json_numbers(path: Path, keys: Sequence[str]) -> dict[str, Any]:
         if not is_number(data.get(key)):
             raise RunFormatError(f"{path}: '{key}' missing or not a number")
     return data
+
+
+def _evaluation_number(scores: dict[str, Any] | None, name: str) -> float | None:
+    """``f1`` (macro), ``acc`` or ``f1_<class>`` of a final-evaluation JSON; None where it is absent."""
+    if scores is None:
+        return None
+    value = {"f1": scores["macro_f1"], "acc": scores["accuracy"]}.get(name)
+    if value is None and name.startswith("f1_"):
+        value = scores["f1"].get(name.removeprefix("f1_"))
+    return float(value) if is_number(value) else None
 
 
 def _read_final_evaluation(path: Path) -> dict[str, Any] | None:

@@ -157,6 +157,8 @@ def compare_to_baseline(
     if baseline not in groups:
         return []
     base = {run.seed: run for run in groups[baseline]}
+    if fields is None:
+        fields = {key: field for key, field, _ in COMPARED + CLAIM_QUANTITIES}
     rows = []
     for method, group in groups.items():
         if method == baseline:
@@ -171,8 +173,6 @@ def compare_to_baseline(
             "unpaired_seeds": [run.seed for run in group if run.seed not in base],
             "confidence": confidence,
         }
-        if fields is None:
-            fields = {key: field for key, field, _ in COMPARED + CLAIM_QUANTITIES}
         for key, field in fields.items():
             row.update(paired_difference(paired, field, key, confidence))
         rows.append(row)
