@@ -31,4 +31,6 @@ fernoise reproduce --data "$DATA" "${BUDGET[@]}" --methods periodic --seeds 1 --
 fernoise report results/fer2013-fast-grid/periodic-seed0 results/fer2013-fast-bnrecal/periodic-seed0 \
   --out results/fer2013-fast-bnrecal
 fernoise reproduce "${GRID[@]}" --seeds 3
+# The report again, with the paper's claims checked beside the paper-protocol grid's (results/fer2013).
+fernoise report results/fer2013-fast-grid --beside results/fer2013
 echo "GRID DONE"

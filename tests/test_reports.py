@@ -326,6 +326,35 @@ def test_report_command_reports_the_finished_runs_and_names_the_unfinished(
     assert (out / "fig11_f1_periodic_vs_dynamic.png").is_file()
 
 
+def test_report_beside_another_set_of_runs_puts_their_claims_side_by_side(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    from fernoise.cli import main
+
+    base = [0.50, 0.40, 0.45]
+    _runs_with_best_f1(tmp_path / "recipe", {"baseline": base, "periodic": [b + 0.05 for b in base]})
+    _runs_with_best_f1(tmp_path / "paper", {"baseline": base, "periodic": [b - 0.05 for b in base]})
+    make_run(tmp_path / "paper", "dropout", 0)
+    (tmp_path / "paper" / "dropout-s0" / "summary.json").unlink()  # still training
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path / "recipe"), "--beside", str(tmp_path / "paper"), "--out", str(out)]) == 0
+    assert f"not finished, left out: {tmp_path / 'paper' / 'dropout-s0'}" in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    assert f"--beside {tmp_path / 'paper'}" in report  # the command that regenerates it
+    section = report.split("## The paper's claims beside paper\n")[1].split("\n## ")[0]
+    assert "**recipe**: " in section and "**paper**: " in section and "| recipe: Δ |" in section
+    periodic = [line for line in section.splitlines() if line.startswith("| periodic noise improves on the baseline")]
+    # max over epochs, then the final epoch's F1, which both sets have; no final model was scored again in either
+    assert [line.split(" | ")[1] for line in periodic] == ["max val F1", "final val F1"]
+    assert periodic[0].split(" | ")[2:] == ["+0.0500", "[+0.0500, +0.0500]", "3", "holds", "-0.0500",
+                                             "[-0.0500, -0.0500]", "3", "contradicted: worse |"]
+    dropout = next(line for line in section.splitlines() if line.startswith("| dropout alone"))
+    assert dropout.endswith("| 0 | not measured (no paired runs) |")  # neither set has a finished dropout run
+    missing = tmp_path / "none"
+    assert main(["report", str(tmp_path / "recipe"), "--beside", str(missing), "--out", str(tmp_path / "x")]) == 2
+    assert f"{missing}: no run directories" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_report_command_without_finished_runs_says_so(tmp_path: Path, capsys: pytest.CaptureFixture):
     from fernoise.cli import main
 

@@ -221,6 +221,8 @@ def _add_report(sub: Any) -> None:
     )
     r.add_argument("runs", nargs="+", metavar="RUNS", help="run folders, or folders to search for them")
     r.add_argument("--out", help="where to write (default: the first RUNS folder)")
+    r.add_argument("--beside", metavar="FOLDER", help="also check the paper's claims on the finished runs under FOLDER "
+                   "(another recipe or protocol) and set them beside these claims, one table")
 
 
 def _add_trace_autorelu(sub: Any) -> None:
@@ -449,12 +451,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from fernoise.reports import report_folders
 
-    command = "fernoise report " + " ".join(map(shlex.quote, args.runs))
-    command += f" --out {shlex.quote(args.out)}" if args.out else ""
-    report, unfinished = report_folders(args.runs, Path(args.out or args.runs[0]), command)
-    for path in unfinished:
-        print(f"not finished, left out: {path}")
-    print(f"report written to {report}")
+    options = [word for flag in ("out", "beside") if getattr(args, flag) for word in (f"--{flag}", getattr(args, flag))]
+    report, unfinished = report_folders(args.runs, Path(args.out or args.runs[0]),
+                                        shlex.join(["fernoise", "report", *args.runs, *options]), args.beside)
+    print("".join(f"not finished, left out: {path}\n" for path in unfinished) + f"report written to {report}")
     return 0
 
 

@@ -25,8 +25,8 @@ from fernoise.stats import (
     table1, trace_stats,
 )
 from fernoise.table import (
-    claims_markdown, comparison_markdown, mean_std_cell, per_class_markdown, table1_markdown, write_table1_csv,
-    write_table1_md,
+    claims_beside_markdown, claims_markdown, comparison_markdown, mean_std_cell, per_class_markdown, table1_markdown,
+    write_table1_csv, write_table1_md,
 )
 from fernoise.views import Views
 
@@ -61,19 +61,38 @@ def describe_runs(runs: Sequence[RunRecord]) -> str:
     return f"{values('data') or 'data not recorded'}: " + ", ".join(parts + [f"seeds {seeds}"])
 
 
-def report_folders(paths: Sequence[PathLike], out: PathLike, command: str) -> tuple[Path, list[Path]]:
-    """``report.md``, Table 1 and the figures of the finished runs under ``paths``, written into ``out``.
-
-    Runs without ``summary.json`` (still training, or stopped) are left out and listed in the
-    report; returns the report's path and those runs.
-    """
+def _finished_runs(paths: Sequence[PathLike]) -> tuple[list[RunRecord], list[Path]]:
+    """The finished runs under ``paths`` and the run folders without ``summary.json`` (still training, or stopped)."""
     dirs = find_run_dirs(paths)
     unfinished = [path for path in dirs if not (path / "summary.json").is_file()]
     runs = [load_run(path) for path in dirs if path not in unfinished]
     if not runs:
         raise RunFormatError(f"{', '.join(map(str, paths))}: no finished runs (with summary.json) yet")
+    return runs, unfinished
+
+
+def report_folders(paths: Sequence[PathLike], out: PathLike, command: str, beside: PathLike | None = None
+                   ) -> tuple[Path, list[Path]]:
+    """``report.md``, Table 1 and the figures of the finished runs under ``paths``, written into ``out``;
+    with ``beside``, also the paper's claims checked on the finished runs under that folder, side by side.
+
+    Unfinished runs are left out and listed in the report; returns the report's path and those runs.
+    """
+    runs, unfinished = _finished_runs(paths)
+    other = None
+    if beside is not None:
+        other_runs, other_unfinished = _finished_runs([beside])
+        unfinished += other_unfinished
+        names = (", ".join(Path(path).name or str(path) for path in paths), Path(beside).name or str(beside))
+        other = (names if names[0] != names[1] else ("these runs", str(beside)), other_runs)
     extra = {"Not finished, left out": ", ".join(map(str, unfinished))} if unfinished else None
-    return write_report(runs, out, command, describe_runs(runs), extra), unfinished
+    return write_report(runs, out, command, describe_runs(runs), extra, other), unfinished
+
+
+def _beside_part(runs: Sequence[RunRecord], names: tuple[str, str], other: Sequence[RunRecord]) -> str:
+    """The paper's claims on ``runs`` beside those on ``other``, with what each set of runs is."""
+    return (f"## The paper's claims beside {names[1]}\n\n**{names[0]}**: {describe_runs(runs)}.\n\n"
+            f"**{names[1]}**: {describe_runs(other)}.\n\n" + claims_beside_markdown(runs, other, names))
 
 
 def _batchnorm_section(pairs: Sequence[tuple[RunRecord, RunRecord]], out: Path) -> str:
@@ -252,8 +271,12 @@ def write_report(
     command: str,
     data_description: str,
     extra: Mapping[str, Any] | None = None,
+    beside: tuple[tuple[str, str], Sequence[RunRecord]] | None = None,
 ) -> Path:
-    """Write table1.md/.csv, all figures and report.md into ``out_dir``; returns the report's path."""
+    """Write table1.md/.csv, all figures and report.md into ``out_dir``; returns the report's path.
+
+    ``beside``: the names of ``runs`` and of another set of runs, and those runs, whose claims go side by side.
+    """
     if not runs:
         raise ValueError("no runs to report")
     out = Path(out_dir)
@@ -271,6 +294,8 @@ def write_report(
         _comparison_part(runs),
         "## The paper's claims\n\n" + claims_markdown(runs),
     ]
+    if beside is not None:
+        parts.append(_beside_part(runs, *beside))
     final_models = _final_models_part(runs)
     if final_models:
         parts.append("## Final models\n\n" + final_models)

@@ -1,5 +1,5 @@
 """The report's tables as Markdown and CSV: Table 1 (the paper's layout), the paired differences
-to the baseline and the paper's claims.
+to the baseline and the paper's claims (also two sets of runs side by side).
 
 A cell shows ``mean ± std (n=N)``, the spread to the mean's last shown digit.
 """
@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from fernoise.io import PathLike, write_text_atomic
 from fernoise.runs import RunRecord
-from fernoise.stats import CLAIM_QUANTITIES, COMPARED, PAPER_CLAIMS, TABLE_ROWS, check_claim, mean_std
+from fernoise.stats import CLAIM_QUANTITIES, COMPARED, PAPER_CLAIMS, TABLE_ROWS, Claim, check_claim, mean_std
 
 
 def _cell(mean: float | None, std: float | None, n: int, fmt: str) -> str:
@@ -98,23 +98,57 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]], baseline_label: str) 
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes)
 
 
+def _claim_quantities(quantities: Sequence[tuple[str, str, str]], *run_sets: Sequence[RunRecord]
+                      ) -> list[tuple[str, str]]:
+    """(key, words) of ``quantities`` measured in any of ``run_sets``: max val F1 always, final models where
+    scored again."""
+    return [(key, words) for key, field, words in quantities
+            if key == "val_f1" or any(run.value(field) is not None for runs in run_sets for run in runs)]
+
+
+# Side by side, a claim is checked on every F1 the differences table has: two protocols may share only some.
+_BESIDE_QUANTITIES = tuple((key, field, title.removeprefix("Δ ")) for key, field, title in COMPARED if "f1" in key)
+
+
+def _claim_cells(claim: Claim, runs: Sequence[RunRecord], confidence: float, key: str) -> list[str]:
+    """Δ, interval, paired seeds and verdict of ``claim`` on ``runs`` in the quantity ``key``."""
+    c = check_claim(claim, runs, confidence, key)
+    return ["—" if c["mean"] is None else f"{c['mean']:+.4f}", _interval(c["low"], c["high"]), str(c["n"]),
+            c["verdict"]]
+
+
+_CLAIMS_INTRO = ("Each claim as a seed-paired difference in validation macro-F1 with a t interval. A verdict holds "
+                 "or is contradicted only when the interval says so; with few seeds most intervals are wide, so "
+                 "\"not shown\" is a common and honest outcome.")
+
+
 def claims_markdown(runs: Sequence[RunRecord], confidence: float = 0.95) -> str:
     """Each paper claim checked on max val F1 and, where final models were scored again, on those too."""
-    quantities = [(key, words) for key, field, words in CLAIM_QUANTITIES
-                  if key == "val_f1" or any(run.value(field) is not None for run in runs)]
+    quantities = _claim_quantities(CLAIM_QUANTITIES, runs)
     header = "| The paper's claim | " + " | ".join(
         f"Δ {words} (method − reference) | {confidence:.0%} CI | paired seeds | verdict" for _, words in quantities)
     lines = [header + " |", "|---|" + "---|---|---|---|" * len(quantities)]
     for claim in PAPER_CLAIMS:
-        cells = [claim.text]
-        for key, _ in quantities:
-            c = check_claim(claim, runs, confidence, key)
-            cells += ["—" if c["mean"] is None else f"{c['mean']:+.4f}", _interval(c["low"], c["high"]), str(c["n"]),
-                      c["verdict"]]
+        cells = [claim.text] + [cell for key, _ in quantities for cell in _claim_cells(claim, runs, confidence, key)]
         lines.append("| " + " | ".join(cells) + " |")
-    return ("Each claim as a seed-paired difference in validation macro-F1 with a t interval. A verdict "
-            "holds or is contradicted only when the interval says so; with few seeds most intervals are wide, "
-            "so \"not shown\" is a common and honest outcome.\n\n" + "\n".join(lines))
+    return _CLAIMS_INTRO + "\n\n" + "\n".join(lines)
+
+
+def claims_beside_markdown(runs: Sequence[RunRecord], other: Sequence[RunRecord], names: tuple[str, str],
+                           confidence: float = 0.95) -> str:
+    """Each paper claim checked on two sets of runs (two recipes or protocols), one row per claim and F1 measured
+    in either (max over epochs, final epoch, final model): ``names`` label the sets' columns."""
+    quantities = _claim_quantities(_BESIDE_QUANTITIES, runs, other)
+    level = f"{confidence:.0%}"
+    header = "| The paper's claim | compared on | " + " | ".join(
+        f"{name}: Δ | {level} CI | seeds | verdict" for name in names)
+    lines = [header + " |", "|---|---|" + "---|---|---|---|" * 2]
+    for claim in PAPER_CLAIMS:
+        for key, words in quantities:
+            cells = [claim.text, words, *_claim_cells(claim, runs, confidence, key),
+                     *_claim_cells(claim, other, confidence, key)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return _CLAIMS_INTRO + " Δ = method − reference, paired by seed within each set.\n\n" + "\n".join(lines)
 
 
 def per_class_markdown(classes: Sequence[str], rows: Sequence[Mapping[str, Any]], baseline_label: str,
