@@ -382,7 +382,16 @@ def test_batchnorm_effect_shares_the_noisy_epochs_drop(tmp_path: Path):
     assert effect["total_drop"] == pytest.approx(0.22) and effect["recovered"] == pytest.approx(0.12)
     assert effect["recovered_share"] == pytest.approx(0.12 / 0.22) and effect["clean_gain"] == pytest.approx(0.01)
     assert effect["max_train_loss_diff"] == 0
+    assert effect["stretches"] == [{"first": 3, "last": 5, **{key: pytest.approx(effect[key]) for key in (
+        "total_drop", "total_drop_recalibrated", "recovered", "recovered_share")}}]
     assert batchnorm_effect(plain, run([0.30] * 6, [1.0] * 6))["max_train_loss_diff"] == pytest.approx(0.5)
+    # two stretches, epochs 2 and 4-5: each its own share (0.05 of 0.10 then 0.02 of 0.02 + 0.04)
+    plain.metrics["noise_on"] = np.array([0, 1, 0, 1, 1, 0.0])
+    plain.metrics["val_f1"] = np.array([0.30, 0.20, 0.35, 0.33, 0.31, 0.40])
+    two = batchnorm_effect(plain, run([0.31, 0.26, 0.36, 0.35, 0.33, 0.41], loss))
+    assert [(s["first"], s["last"]) for s in two["stretches"]] == [(2, 2), (4, 5)]
+    assert [s["recovered_share"] for s in two["stretches"]] == pytest.approx([0.5, 1 / 3])
+    assert two["recovered_share"] == pytest.approx((0.05 + 0.02) / 0.16)
     clean = run([0.3] * 6, loss)
     clean.metrics["noise_on"] = np.zeros(6)
     assert batchnorm_effect(clean, clean)["recovered_share"] is None
@@ -428,6 +437,7 @@ def test_report_pairs_a_recalibrated_run_with_its_plain_twin(tmp_path: Path, mon
     section = report.split("## BatchNorm statistics in noisy epochs")[1].split("\n## ")[0]
     share = effect["recovered"] / effect["total_drop"]
     assert f"| +Periodic | 0 | {effect['total_drop']:.4f} |" in section and f"({share:.0%})" in section
+    assert f"| {share:.0%} (3-5) |" in section  # PERIODIC_NOISE's one stretch
     table_lines = [line for line in section.splitlines() if line.startswith("|")]
     assert "### +Periodic, seed 0" in section and len(table_lines) == 3 + 2 + len(effect["epochs"])
     assert "](bn_recal_f1_periodic.png)" in section

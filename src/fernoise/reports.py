@@ -95,21 +95,28 @@ def _beside_part(runs: Sequence[RunRecord], names: tuple[str, str], other: Seque
             f"**{names[1]}**: {describe_runs(other)}.\n\n" + claims_beside_markdown(runs, other, names))
 
 
+def _share(share: float | None) -> str:
+    return "n/a" if share is None else f"{share:.0%}"
+
+
 def _batchnorm_section(pairs: Sequence[tuple[RunRecord, RunRecord]], out: Path) -> str:
     """Per pair: how much of the noisy epochs' validation drop re-estimating BatchNorm recovers, epoch by epoch;
     per method, a figure of the paired runs' validation F1 (written into ``out``)."""
     summary = ["| Method | seed | val F1 drop in noisy epochs | drop, re-estimated | recovered (share) "
-               "| mean gain in clean epochs | largest train loss difference |", "|" + "---|" * 7]
+               "| share by noisy stretch (epochs) | mean gain in clean epochs | largest train loss difference |",
+               "|" + "---|" * 8]
     details = []
     per_method: dict[str, list[tuple[RunRecord, RunRecord]]] = {}
     for plain, recalibrated in pairs:
         per_method.setdefault(plain.method, []).append((plain, recalibrated))
         effect = batchnorm_effect(plain, recalibrated)
-        share, gain = effect["recovered_share"], effect["clean_gain"]
+        gain = effect["clean_gain"]
         label = method_info(plain.method).label
+        by_stretch = ", ".join(f"{_share(stretch['recovered_share'])} ({stretch['first']}-{stretch['last']})"
+                               for stretch in effect["stretches"])
         summary.append(
             f"| {label} | {plain.seed} | {effect['total_drop']:.4f} | {effect['total_drop_recalibrated']:.4f} "
-            f"| {effect['recovered']:.4f} ({'n/a' if share is None else f'{share:.0%}'}) "
+            f"| {effect['recovered']:.4f} ({_share(effect['recovered_share'])}) | {by_stretch or 'n/a'} "
             f"| {'n/a' if gain is None else f'{gain:+.4f}'} | {effect['max_train_loss_diff']:.2g} |"
         )
         rows = ["| epoch | noise on | val F1 | val F1, BatchNorm re-estimated | drop from the last clean epoch "

@@ -288,9 +288,11 @@ def batchnorm_effect(plain: RunRecord, recalibrated: RunRecord) -> dict[str, Any
     epoch before e minus its val F1 at e. Re-estimating also helps in clean epochs (the running
     statistics lag the weights), so what it recovers of the noise's drop is the difference of the
     two drops, not of the two F1s: ``recovered`` = ``total_drop`` - ``total_drop_recalibrated``,
-    ``recovered_share`` = recovered / sum of plain drops (None without a drop). ``clean_gain`` is
-    the mean gain of re-estimating in clean epochs, ``epochs`` the per-epoch rows, and
-    ``max_train_loss_diff`` shows whether the training really was the same.
+    ``recovered_share`` = recovered / sum of plain drops (None without a drop); ``stretches`` the same
+    per stretch of consecutive noisy epochs (``first`` and ``last`` epoch, both drops, the share), as
+    the share can change over a run. ``clean_gain`` is the mean gain of re-estimating in clean epochs,
+    ``epochs`` the per-epoch rows, and ``max_train_loss_diff`` shows whether the training really was
+    the same.
     """
     a, b = plain.metrics, recalibrated.metrics
     n = min(len(a["epoch"]), len(b["epoch"]))
@@ -306,18 +308,29 @@ def batchnorm_effect(plain: RunRecord, recalibrated: RunRecord) -> dict[str, Any
         elif last_clean is not None:
             row["drop"], row["drop_recalibrated"] = last_clean[0] - f1, last_clean[1] - f1_recalibrated
         rows.append(row)
-    noisy = [row for row in rows if row["drop"] is not None]
-    drop = sum(row["drop"] for row in noisy)
-    drop_recalibrated = sum(row["drop_recalibrated"] for row in noisy)
+    stretches: list[list[dict[str, Any]]] = []
+    for i, row in enumerate(rows):
+        if row["drop"] is not None:
+            if i == 0 or rows[i - 1]["drop"] is None:
+                stretches.append([])
+            stretches[-1].append(row)
+    drops = [_drops(stretch) for stretch in stretches]
     return {
         "epochs": rows,
-        "total_drop": drop,
-        "total_drop_recalibrated": drop_recalibrated,
-        "recovered": drop - drop_recalibrated,
-        "recovered_share": (drop - drop_recalibrated) / drop if drop > 0 else None,
+        **_drops([row for stretch in stretches for row in stretch]),
+        "stretches": [{"first": stretch[0]["epoch"], "last": stretch[-1]["epoch"], **d}
+                      for stretch, d in zip(stretches, drops)],
         "clean_gain": float(np.mean(clean_gains)) if clean_gains else None,
         "max_train_loss_diff": float(np.max(np.abs(a["train_loss"][:n] - b["train_loss"][:n]))) if n else None,
     }
+
+
+def _drops(noisy: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The summed drops of noisy epochs' rows, as trained and re-estimated, and the share re-estimating recovers."""
+    drop = sum(row["drop"] for row in noisy)
+    drop_recalibrated = sum(row["drop_recalibrated"] for row in noisy)
+    return {"total_drop": drop, "total_drop_recalibrated": drop_recalibrated, "recovered": drop - drop_recalibrated,
+            "recovered_share": (drop - drop_recalibrated) / drop if drop > 0 else None}
 
 
 def batchnorm_pairs(runs: Sequence[RunRecord]) -> list[tuple[RunRecord, RunRecord]]:
