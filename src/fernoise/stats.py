@@ -314,12 +314,11 @@ def batchnorm_effect(plain: RunRecord, recalibrated: RunRecord) -> dict[str, Any
             if i == 0 or rows[i - 1]["drop"] is None:
                 stretches.append([])
             stretches[-1].append(row)
-    drops = [_drops(stretch) for stretch in stretches]
     return {
         "epochs": rows,
         **_drops([row for stretch in stretches for row in stretch]),
-        "stretches": [{"first": stretch[0]["epoch"], "last": stretch[-1]["epoch"], **d}
-                      for stretch, d in zip(stretches, drops)],
+        "stretches": [{"first": stretch[0]["epoch"], "last": stretch[-1]["epoch"], **_drops(stretch)}
+                      for stretch in stretches],
         "clean_gain": float(np.mean(clean_gains)) if clean_gains else None,
         "max_train_loss_diff": float(np.max(np.abs(a["train_loss"][:n] - b["train_loss"][:n]))) if n else None,
     }
