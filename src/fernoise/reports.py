@@ -83,10 +83,15 @@ def report_folders(paths: Sequence[PathLike], out: PathLike, command: str, besid
     if beside is not None:
         other_runs, other_unfinished = _finished_runs([beside])
         unfinished += other_unfinished
-        names = (", ".join(Path(path).name or str(path) for path in paths), Path(beside).name or str(beside))
-        other = (names if names[0] != names[1] else ("these runs", str(beside)), other_runs)
+        other = (_set_names(paths, beside), other_runs)
     extra = {"Not finished, left out": ", ".join(map(str, unfinished))} if unfinished else None
     return write_report(runs, out, command, describe_runs(runs), extra, other), unfinished
+
+
+def _set_names(paths: Sequence[PathLike], beside: PathLike) -> tuple[str, str]:
+    """The two sets' names in the side-by-side table: their folders' names, unless those are alike."""
+    here, there = ", ".join(Path(path).name or str(path) for path in paths), Path(beside).name or str(beside)
+    return (here, there) if here != there else ("these runs", str(beside))
 
 
 def _beside_part(runs: Sequence[RunRecord], names: tuple[str, str], other: Sequence[RunRecord]) -> str:
