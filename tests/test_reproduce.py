@@ -122,3 +122,22 @@ def test_final_models_are_scored_again_once_per_view_set_and_reported_per_class(
     logs[:] = []
     reproduce.score_final_model(cfg, run, FinalScoring(0.2), True, logs.append)
     assert "last.pt is not here" in logs[0] and json.loads(final.read_text())["views"]["zoom"] == 0.1
+
+
+def test_an_unfinished_run_without_its_checkpoint_is_named_and_left_as_it_is(tmp_path):
+    """A run folder copied to another machine without checkpoints: neither resumed nor overwritten."""
+    out = tmp_path / "grid"
+    reproduce.reproduce(out, methods=("baseline",), seeds=1, overrides=dict(TINY, epochs=2), quiet=True,
+                        log=lambda _: None, command="test")
+    run = out / "baseline-seed0"
+    (run / "summary.json").unlink()
+    shutil.rmtree(run / "checkpoints")
+    metrics = (run / "metrics.csv").read_text()
+    with pytest.raises(reproduce.TrainingError, match=r"baseline-seed0 holds an unfinished run .* delete"):
+        reproduce.reproduce(out, methods=("baseline",), seeds=1, overrides=dict(TINY, epochs=2), quiet=True,
+                            log=lambda _: None, command="test")
+    assert (run / "metrics.csv").read_text() == metrics
+    shutil.rmtree(run)
+    reproduce.reproduce(out, methods=("baseline",), seeds=1, overrides=dict(TINY, epochs=2), quiet=True,
+                        log=lambda _: None, command="test")
+    assert (run / "summary.json").is_file()
