@@ -133,7 +133,7 @@ def test_an_unfinished_run_without_its_checkpoint_is_named_and_left_as_it_is(tmp
     (run / "summary.json").unlink()
     shutil.rmtree(run / "checkpoints")
     metrics = (run / "metrics.csv").read_text()
-    with pytest.raises(reproduce.TrainingError, match=r"baseline-seed0 holds an unfinished run .* delete"):
+    with pytest.raises(reproduce.TrainingError, match=r"baseline-seed0 already holds a run but no checkpoints/last.pt .* delete"):
         reproduce.reproduce(out, methods=("baseline",), seeds=1, overrides=dict(TINY, epochs=2), quiet=True,
                             log=lambda _: None, command="test")
     assert (run / "metrics.csv").read_text() == metrics

@@ -27,7 +27,7 @@ from fernoise.config import METHODS, PAPER_METHODS, SPEED_ONLY, ConfigError, Tra
 from fernoise.evaluate import score_checkpoint, write_evaluation
 from fernoise.io import PathLike
 from fernoise.reports import describe_runs, format_duration, write_report
-from fernoise.runfiles import FINAL_BN_EVALUATION_FILE, FINAL_EVALUATION_FILE, METRICS_FILE
+from fernoise.runfiles import FINAL_BN_EVALUATION_FILE, FINAL_EVALUATION_FILE
 from fernoise.runs import load_runs
 from fernoise.train import TrainingError, prepare_data, train
 from fernoise.views import Views
@@ -133,11 +133,6 @@ def ensure_run(cfg: TrainConfig, run_dir: Path, quiet: bool, log: Callable[[str]
     then, with ``final``, :func:`score_final_model`."""
     if not _finished(run_dir, cfg):
         resume = (run_dir / "checkpoints" / "last.pt").is_file()
-        if not resume and (run_dir / METRICS_FILE).is_file():  # e.g. small files copied without checkpoints
-            raise TrainingError(
-                f"{run_dir} holds an unfinished run but no checkpoints/last.pt to resume it from; "
-                "delete that folder to train the run again"
-            )
         log(f"[{run_dir.name}] {'resuming' if resume else 'training'}")
         train(cfg, run_dir, resume=resume, quiet=quiet, log=lambda msg: log(f"[{run_dir.name}] {msg}"),
               on_epoch=on_epoch)

@@ -322,7 +322,10 @@ def _train_locked(
     log: Callable[[str], None],
     on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
-    if not resume and ((out / LAST_PT).exists() or (out / METRICS_FILE).exists()):
+    if (out / METRICS_FILE).exists() and not (out / LAST_PT).exists():  # last.pt is written first: copied without it
+        raise TrainingError(f"{out} already holds a run but no {LAST_PT.as_posix()} to resume it from; delete that "
+                            "folder to train the run again or choose another --out")
+    if not resume and (out / LAST_PT).exists():
         raise TrainingError(f"{out} already holds a run; use --resume to continue it or choose another --out")
     if cfg.batch_size % ddp.world_size:
         raise TrainingError(f"batch size {cfg.batch_size} does not divide among {ddp.world_size} processes")
