@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
@@ -182,13 +182,14 @@ def test_optimizer_weight_decay_reaches_autorelu_weight_through_the_zero_gradien
 
 @settings(max_examples=40, deadline=None)
 @given(x=arrays(np.float64, 16, elements=finite), w=weights)
+@example(x=np.full(16, -20.0), w=-0.3)  # x * w lands on the cliff: a float32 w put it past, the float64 oracle not
 def test_auto_relu_eval_injects_nothing(x, w):
-    xt = torch.from_numpy(x)
-    eval_out = auto_relu(xt, torch.tensor(w), 6.0, training=False)
-    np.testing.assert_allclose(eval_out.numpy(), auto_relu(xt, torch.tensor(abs(w)), 6.0, training=True).numpy())
+    xt, wt = torch.from_numpy(x), torch.tensor(w, dtype=torch.float64)  # the oracle's precision, cliff included
+    eval_out = auto_relu(xt, wt, 6.0, training=False)
+    np.testing.assert_allclose(eval_out.numpy(), auto_relu(xt, wt.abs(), 6.0, training=True).numpy())
     if w < 0:  # training with negative w is ReLU of the flipped feature
         np.testing.assert_allclose(
-            auto_relu(xt, torch.tensor(w), 6.0, training=True).numpy(), np.where((-x > 0) & (-x * abs(w) < 6), -x, 0)
+            auto_relu(xt, wt, 6.0, training=True).numpy(), np.where((-x > 0) & (-x * abs(w) < 6), -x, 0)
         )
 
 
