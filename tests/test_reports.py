@@ -713,17 +713,17 @@ def test_a_final_evaluation_without_per_class_f1_is_named(tmp_path: Path):
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _report_command(report: Path) -> str:
+    """The first line of the report's "## Command" block: the command that wrote it."""
+    return report.read_text(encoding="utf-8").split("## Command\n\n```\n", 1)[-1].split("\n", 1)[0]
+
+
 def _committed_reports() -> list[Path]:
     """Tracked ``results/*/report.md`` written by ``fernoise report`` (not by a training command)."""
     if shutil.which("git") is None or not (REPO / ".git").exists():
         return []
     listed = subprocess.run(["git", "ls-files", "results/*/report.md"], cwd=REPO, capture_output=True, text=True)
-    found = []
-    for name in listed.stdout.split():
-        command = (REPO / name).read_text(encoding="utf-8").split("## Command\n\n```\n", 1)[-1].split("\n", 1)[0]
-        if command.startswith("fernoise report "):
-            found.append(REPO / name)
-    return found
+    return [REPO / name for name in listed.stdout.split() if _report_command(REPO / name).startswith("fernoise report ")]
 
 
 @pytest.mark.parametrize("committed", _committed_reports(), ids=lambda path: path.parent.name)
@@ -731,7 +731,6 @@ def test_a_committed_report_is_what_the_committed_small_files_give(committed, tm
     """RESULTS.md quotes these reports: regenerating one from the tracked run files alone (no checkpoints,
     no untracked runs) must give it back to the byte, so that a code change that alters a published table
     shows up here."""
-    command = committed.read_text(encoding="utf-8").split("## Command\n\n```\n", 1)[1].split("\n", 1)[0]
     tracked = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True).stdout.split()
     for name in tracked:
         if len(Path(name).parts) > 3:  # results/SET/RUN/FILE: a run's own files, not a set's report or figures
@@ -742,7 +741,7 @@ def test_a_committed_report_is_what_the_committed_small_files_give(committed, tm
     assert not (tmp_path / out / "report.md").exists()  # the copy holds run files only, not the report
     from fernoise.cli import main
 
-    assert main(shlex.split(command)[1:]) == 0
+    assert main(shlex.split(_report_command(committed))[1:]) == 0
     assert (tmp_path / out / "report.md").read_text(encoding="utf-8") == committed.read_text(encoding="utf-8")
     assert (tmp_path / out / "table1.csv").read_text(encoding="utf-8") == (committed.parent / "table1.csv").read_text(
         encoding="utf-8")
